@@ -1,0 +1,66 @@
+"""The ``diffalign`` command line: ``train``, ``score``, ``eval``, ``demo``, ``sample``.
+
+Each subcommand lives beside the code it drives, in a module exposing
+``configure_parser(parser)`` and ``run(args) -> int``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+SUBCOMMANDS = {
+    "train": ("diffalign.training.cli", "fine-tune a model from a TOML recipe"),
+    "score": ("diffalign.scorers.cli", "score image and video files with scorer plugins"),
+    "eval": ("diffalign.eval.cli", "run a benchmark (ShapesEval, GenEval-style, VBench-style)"),
+    "demo": ("diffalign.demo", "evaluate, align and re-evaluate the shipped ShapesWorld model on CPU"),
+    "sample": ("diffalign.sample", "sample an image grid from a model"),
+}
+
+
+def _module(name: str):
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name == name:
+            return None
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffalign", description="Align diffusion models with preferences.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command, (module_name, help_text) in SUBCOMMANDS.items():
+        module = _module(module_name)
+        sub_parser = sub.add_parser(command, help=help_text, description=help_text)
+        if module is None:
+            sub_parser.set_defaults(_run=lambda args, c=command: _not_available(c))
+        else:
+            module.configure_parser(sub_parser)
+            sub_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def _not_available(command: str) -> int:
+    print(f"diffalign {command}: not yet available in this version", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

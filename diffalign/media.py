@@ -1,0 +1,172 @@
+"""The one place where media tensors meet PIL images, numpy arrays and files.
+
+Convention everywhere in diffalign: images are ``B×C×H×W`` and videos ``B×T×C×H×W`` float tensors
+in [0, 1], RGB. Scorers, benchmarks and trainers take and return only these.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+VIDEO_SUFFIXES = {".mp4", ".webm", ".avi", ".mov", ".mkv", ".gif"}
+
+
+class MediaError(ValueError):
+    """A media file or tensor that cannot be used; the message names the file or the problem."""
+
+
+def check_media(media: torch.Tensor, modality: str | None = None) -> str:
+    """Validate a media tensor and return its modality (``"image"`` or ``"video"``)."""
+    if not isinstance(media, torch.Tensor):
+        raise MediaError(f"media must be a torch.Tensor, got {type(media).__name__}")
+    if media.ndim == 4:
+        found = "image"
+    elif media.ndim == 5:
+        found = "video"
+    else:
+        raise MediaError(
+            f"media must be B×C×H×W (images) or B×T×C×H×W (videos), got shape {tuple(media.shape)}"
+        )
+    if media.shape[-3] != 3:
+        raise MediaError(f"media must have 3 RGB channels in dim -3, got shape {tuple(media.shape)}")
+    if modality is not None and modality != found:
+        raise MediaError(f"expected {modality} media, got {found} media of shape {tuple(media.shape)}")
+    return found
+
+
+def pil_to_tensor(images: Image.Image | Sequence[Image.Image]) -> torch.Tensor:
+    """PIL image(s) -> ``B×3×H×W`` float in [0, 1]. All images must share one size."""
+    if isinstance(images, Image.Image):
+        images = [images]
+    arrays = [np.asarray(im.convert("RGB"), dtype=np.uint8) for im in images]
+    sizes = {a.shape for a in arrays}
+    if len(sizes) > 1:
+        raise MediaError(f"images have different sizes {sorted(sizes)}; resize them first")
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def to_uint8(media: torch.Tensor) -> torch.Tensor:
+    """[0, 1] float media -> uint8 with the same layout (rounded, clamped)."""
+    return (media.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def tensor_to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """``B×3×H×W`` (or a single ``3×H×W``) in [0, 1] -> list of PIL images."""
+    if images.ndim == 3:
+        images = images[None]
+    check_media(images, "image")
+    array = to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in array]
+
+
+def load_image(path: str | Path) -> torch.Tensor:
+    """Read one image file -> ``3×H×W`` in [0, 1]; raises MediaError naming the file if unreadable."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return pil_to_tensor(im)[0]
+    except FileNotFoundError as err:
+        raise MediaError(f"{path}: no such file") from err
+    except Exception as err:  # PIL raises many types for corrupt data
+        raise MediaError(f"{path}: cannot read image ({type(err).__name__}: {err})") from err
+
+
+def load_video(path: str | Path, max_frames: int | None = None, every: int = 1) -> torch.Tensor:
+    """Read a video file -> ``T×3×H×W`` in [0, 1] (imageio; ffmpeg for mp4/webm)."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    if not path.exists():
+        raise MediaError(f"{path}: no such file")
+    try:
+        frames = []
+        for i, frame in enumerate(iio.imiter(path)):
+            if i % every:
+                continue
+            frames.append(np.asarray(frame)[..., :3])
+            if max_frames is not None and len(frames) >= max_frames:
+                break
+    except Exception as err:
+        raise MediaError(f"{path}: cannot read video ({type(err).__name__}: {err})") from err
+    if not frames:
+        raise MediaError(f"{path}: video has no frames")
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def save_image(image: torch.Tensor, path: str | Path) -> Path:
+    """Write one ``3×H×W`` image to ``path`` (format from the suffix)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensor_to_pil(image)[0].save(path)
+    return path
+
+
+def save_video(video: torch.Tensor, path: str | Path, fps: int = 8) -> Path:
+    """Write one ``T×3×H×W`` video (mp4 through imageio-ffmpeg, or gif)."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = to_uint8(video).permute(0, 2, 3, 1).cpu().numpy()
+    if path.suffix.lower() == ".gif":
+        iio.imwrite(path, frames, duration=1000 / fps, loop=0)
+    else:
+        iio.imwrite(path, frames, fps=fps, codec="libx264", macro_block_size=1)
+    return path
+
+
+def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2, pad_value: float = 1.0) -> torch.Tensor:
+    """Tile ``B×3×H×W`` images into one ``3×H'×W'`` image, ``nrow`` images per row."""
+    check_media(images, "image")
+    count, channels, height, width = images.shape
+    nrow = nrow or math.ceil(math.sqrt(count))
+    rows = math.ceil(count / nrow)
+    grid = torch.full(
+        (channels, rows * (height + padding) + padding, nrow * (width + padding) + padding),
+        pad_value,
+        dtype=images.dtype,
+    )
+    for index, image in enumerate(images.detach().cpu()):
+        r, c = divmod(index, nrow)
+        top, left = padding + r * (height + padding), padding + c * (width + padding)
+        grid[:, top : top + height, left : left + width] = image
+    return grid
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int = 1) -> Path:
+    """Save a grid PNG of images (videos: first frame of each), optionally upscaled for viewing."""
+    if images.ndim == 5:
+        images = images[:, 0]
+    grid = make_grid(images.float(), nrow=nrow)
+    if scale > 1:
+        grid = torch.nn.functional.interpolate(grid[None], scale_factor=scale, mode="nearest")[0]
+    return save_image(grid, path)
+
+
+def expand_paths(inputs: Iterable[str | Path], suffixes: set[str] | None = None) -> list[Path]:
+    """Files, folders (recursive) and glob patterns -> a sorted, de-duplicated list of files."""
+    import glob
+
+    found: dict[Path, None] = {}
+    for item in inputs:
+        item = str(item)
+        matches = [Path(p) for p in sorted(glob.glob(item, recursive=True))] if any(ch in item for ch in "*?[") else [Path(item)]
+        if not matches:
+            raise MediaError(f"{item}: no file matches")
+        for match in matches:
+            if match.is_dir():
+                for file in sorted(p for p in match.rglob("*") if p.is_file()):
+                    if suffixes is None or file.suffix.lower() in suffixes:
+                        found[file] = None
+            elif match.exists():
+                found[match] = None
+            else:
+                raise MediaError(f"{match}: no such file or folder")
+    return list(found)

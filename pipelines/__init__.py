@@ -1,0 +1,84 @@
+"""Pipeline adapters: one per model family, around a diffusers pipeline.
+
+``diffalign.pipelines.load(source)`` takes a hub id, a local folder, the name of a model shipped in
+``assets/`` (``"shapes-sd"``, ``"shapes-flow"``) or a diffusers pipeline object, and returns the
+adapter for its family.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .base import ADAPTERS, AdapterError, PipelineAdapter, UnsupportedPipelineError, register_adapter
+
+_FAMILY_MODULES = ("sd", "sdxl", "sd3", "flux", "cogvideox", "wan")
+for _name in _FAMILY_MODULES:
+    try:
+        importlib.import_module(f"{__name__}.{_name}")
+    except ModuleNotFoundError as _err:  # a family module not written yet
+        if _err.name != f"{__name__}.{_name}":
+            raise
+
+
+def adapter_class_for(pipeline_class_name: str) -> type[PipelineAdapter]:
+    if pipeline_class_name not in ADAPTERS:
+        raise UnsupportedPipelineError(
+            f"unsupported pipeline class {pipeline_class_name!r}; diffalign supports: {', '.join(ADAPTERS.names())}"
+        )
+    return ADAPTERS.get(pipeline_class_name)
+
+
+def shipped_model_path(name: str) -> Path | None:
+    """Folder of a model shipped in ``assets/models`` (e.g. ``"shapes-sd"``), or None."""
+    from diffalign.assets_path import asset_path
+
+    folder = asset_path("models", name)
+    return folder if (folder / "model_index.json").exists() else None
+
+
+def load(
+    source: Any,
+    *,
+    device: torch.device | str | None = None,
+    torch_dtype: torch.dtype | None = None,
+    **from_pretrained_kwargs,
+) -> PipelineAdapter:
+    """Build the adapter for ``source`` (hub id, local folder, shipped model name or pipeline object)."""
+    if isinstance(source, PipelineAdapter):
+        return source
+    if not isinstance(source, (str, Path)):
+        return adapter_class_for(type(source).__name__)(source, device=device)
+    from diffusers import DiffusionPipeline
+
+    path = shipped_model_path(str(source)) if isinstance(source, str) else None
+    location = str(path or source)
+    index = Path(location) / "model_index.json"
+    if index.exists():  # fail fast on an unsupported class before loading any weights
+        class_name = json.loads(index.read_text())["_class_name"]
+        cls = adapter_class_for(class_name)
+    elif Path(location).exists():
+        raise AdapterError(f"{location}: not a diffusers pipeline folder (no model_index.json)")
+    else:
+        cls = None
+    from_pretrained_kwargs.setdefault("trust_remote_code", False)
+    if torch_dtype is not None:
+        from_pretrained_kwargs["torch_dtype"] = torch_dtype
+    pipe = DiffusionPipeline.from_pretrained(location, **from_pretrained_kwargs)
+    cls = cls or adapter_class_for(type(pipe).__name__)
+    return cls(pipe, device=device)
+
+
+__all__ = [
+    "ADAPTERS",
+    "AdapterError",
+    "PipelineAdapter",
+    "UnsupportedPipelineError",
+    "adapter_class_for",
+    "load",
+    "register_adapter",
+    "shipped_model_path",
+]

@@ -1,0 +1,493 @@
+"""The pipeline adapter: the differentiable primitives every algorithm needs, for any family.
+
+A trainer only ever talks to a :class:`PipelineAdapter`; it never knows whether a UNet or a
+transformer, epsilon, v or flow velocity sits underneath. The class hierarchy keeps one place per
+concept:
+
+* :class:`PipelineAdapter` (here): validation, the generic sampling loop, CFG, the reference
+  context, LoRA attach/save, memory options.
+* A *process* mixin owns the noise schedule math: ``pipelines/diffusion.py`` (variance preserving,
+  DDIM/DDPM, epsilon or v) and ``pipelines/flow.py`` (rectified flow, Euler ODE / Flow-GRPO SDE).
+  It implements :meth:`_schedule`, :meth:`_step`, :meth:`add_noise`, :meth:`training_target`,
+  :meth:`invert`.
+* A *family* adapter (``sd.py``, ``sdxl.py``, ``sd3.py``, ``flux.py``, ``cogvideox.py``, ``wan.py``)
+  owns conditioning, the denoiser call, latent shapes and decoding: :meth:`encode_prompts`,
+  :meth:`_forward`, :meth:`prepare_latents`, :meth:`decode`, :meth:`encode`.
+
+Conditioning is a dict ``{"cond": {...}, "uncond": {...} | None}`` whose tensors are batch-first,
+so it can be sliced, concatenated and stored in a :class:`~diffalign.rollout.Rollout`.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+import logging
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar, Iterator, Sequence
+
+import torch
+
+from diffalign.registry import Registry
+from diffalign.rollout import Rollout
+
+from .samplers import StepOutput
+
+logger = logging.getLogger(__name__)
+
+Generator = torch.Generator | list[torch.Generator] | None
+Conditioning = dict[str, Any]
+
+
+class AdapterError(ValueError):
+    """Bad input to an adapter; the message names the argument and the problem."""
+
+
+class UnsupportedPipelineError(AdapterError):
+    """The pipeline class has no adapter; the message lists the supported ones."""
+
+
+def cat_cond(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Concatenate per-sample conditioning dicts along the batch dim (non-tensors taken from the first)."""
+    out: dict[str, Any] = {}
+    for key, value in parts[0].items():
+        if isinstance(value, torch.Tensor):
+            out[key] = torch.cat([p[key] for p in parts])
+        elif isinstance(value, dict):
+            out[key] = cat_cond([p[key] for p in parts])
+        else:
+            out[key] = value
+    return out
+
+
+def slice_cond(cond: dict[str, Any], index) -> dict[str, Any]:
+    return {
+        k: (v[index] if isinstance(v, torch.Tensor) else slice_cond(v, index) if isinstance(v, dict) else v)
+        for k, v in cond.items()
+    }
+
+
+def _expand_timestep(t: torch.Tensor | float | int, batch: int, device: torch.device) -> torch.Tensor:
+    t = torch.as_tensor(t, device=device)
+    if t.ndim == 0:
+        t = t.expand(batch)
+    if t.shape[0] != batch:
+        raise AdapterError(f"timestep batch {t.shape[0]} does not match sample batch {batch}")
+    return t
+
+
+class PipelineAdapter(ABC):
+    """Wraps one diffusers pipeline. Build with :func:`diffalign.pipelines.load`."""
+
+    family: ClassVar[str] = "abstract"
+    modality: ClassVar[str] = "image"
+    #: diffusers pipeline class names this adapter drives
+    pipeline_classes: ClassVar[tuple[str, ...]] = ()
+    #: pipeline component holding the denoiser ("unet" or "transformer")
+    denoiser_name: ClassVar[str] = "unet"
+    #: default LoRA target modules on the denoiser
+    lora_target_modules: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0")
+    #: True when guidance is a model input (FLUX-dev) instead of a two-branch CFG mix
+    distilled_guidance: ClassVar[bool] = False
+
+    def __init__(self, pipe, device: torch.device | str | None = None):
+        self.pipe = pipe
+        if device is not None:
+            pipe.to(device)
+        self._reference_model: torch.nn.Module | None = None
+        self._reference_active = False
+        self.lora_config = None
+        for module in self._frozen_modules():
+            module.requires_grad_(False)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The network being trained (or its frozen reference inside :meth:`reference`)."""
+        if self._reference_active and self._reference_model is not None:
+            return self._reference_model
+        return getattr(self.pipe, self.denoiser_name)
+
+    @property
+    def trainable_denoiser(self) -> torch.nn.Module:
+        return getattr(self.pipe, self.denoiser_name)
+
+    @property
+    def device(self) -> torch.device:
+        return self.trainable_denoiser.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.trainable_denoiser.dtype
+
+    @property
+    def scheduler(self):
+        return self.pipe.scheduler
+
+    @property
+    @abstractmethod
+    def prediction_type(self) -> str:
+        """``"epsilon"``, ``"v_prediction"``, ``"sample"`` or ``"flow"``."""
+
+    def _frozen_modules(self) -> list[torch.nn.Module]:
+        """Everything but the denoiser: text encoders and the autoencoder are never trained here."""
+        names = [n for n, c in self.pipe.components.items() if isinstance(c, torch.nn.Module)]
+        return [getattr(self.pipe, n) for n in names if n != self.denoiser_name]
+
+    # --------------------------------------------------------------- family hooks
+    @abstractmethod
+    def encode_prompts(
+        self, prompts: Sequence[str], negative_prompts: Sequence[str] | str | None = None, do_cfg: bool = True
+    ) -> Conditioning:
+        """Text -> ``{"cond": {...}, "uncond": {...} | None}`` (batch-first tensors)."""
+
+    @abstractmethod
+    def _forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: dict[str, Any], **kwargs) -> torch.Tensor:
+        """One denoiser call in the model's own prediction space; ``t`` is ``[B]`` in diffusers units."""
+
+    @abstractmethod
+    def prepare_latents(
+        self, batch_size: int, generator: Generator = None, height: int | None = None,
+        width: int | None = None, num_frames: int | None = None,
+    ) -> torch.Tensor:
+        """Initial noise, drawn exactly as the diffusers pipeline draws it for the same generator."""
+
+    @abstractmethod
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> media in [0, 1] (``B×C×H×W`` or ``B×T×C×H×W``); differentiable."""
+
+    @abstractmethod
+    def encode(self, media: torch.Tensor, generator: Generator = None) -> torch.Tensor:
+        """Media in [0, 1] -> clean latents ``x0`` as the denoiser sees them (scaled, shifted, packed)."""
+
+    # -------------------------------------------------------------- process hooks
+    @abstractmethod
+    def _schedule(self, steps: int, **options) -> dict[str, torch.Tensor]:
+        """Sampler schedule: ``{"timesteps": [S], ...}`` (flow adds ``"sigmas": [S+1]``)."""
+
+    @abstractmethod
+    def _step(
+        self, model_output: torch.Tensor, index: int, sample: torch.Tensor, schedule: dict[str, torch.Tensor],
+        sampler: dict[str, Any], generator: Generator = None, prev_sample: torch.Tensor | None = None,
+    ) -> StepOutput:
+        """One sampler transition ``index -> index+1`` with its log-density (stochastic settings)."""
+
+    @abstractmethod
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Forward process ``q(x_t | x0)`` at diffusers timesteps ``t`` (``[B]``)."""
+
+    @abstractmethod
+    def training_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What :meth:`predict` should output at ``add_noise(x0, noise, t)``: ε, v or ``noise - x0``."""
+
+    @abstractmethod
+    def invert(
+        self, x0: torch.Tensor, conditioning: Conditioning, steps: int = 50, guidance_scale: float = 1.0,
+        renoise_iterations: int = 0, until_step: int | None = None,
+    ) -> Rollout:
+        """Deterministic inversion ``x0 -> x_T`` (DDIM inversion / reverse Euler), optionally with the
+        ReNoise fixed-point refinement; returns a rollout whose ``latents`` run from ``x_T`` to ``x0`` so that
+        deterministic sampling from ``latents[:, 0]`` reconstructs ``x0``."""
+
+    def sample_training_timesteps(self, batch_size: int, generator: Generator = None) -> torch.Tensor:
+        """Timesteps ``[B]`` for a denoising (matching) loss, drawn as the family's trainers draw them."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ validation
+    @staticmethod
+    def _check_prompts(prompts: Sequence[str] | str) -> list[str]:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if not prompts:
+            raise AdapterError("prompts is empty: give at least one prompt")
+        bad = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
+        if bad:
+            raise AdapterError(f"prompts must be strings; entries {bad} are not")
+        return prompts
+
+    @staticmethod
+    def _check_steps(steps: int) -> int:
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0:
+            raise AdapterError(f"steps must be a positive integer, got {steps!r}")
+        return steps
+
+    # ---------------------------------------------------------------- prediction
+    def predict(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor | float | int,
+        conditioning: Conditioning,
+        guidance_scale: float = 1.0,
+        cfg_grad: str = "both",
+        guidance_rescale: float = 0.0,
+    ) -> torch.Tensor:
+        """Model output under classifier-free guidance, in the model's prediction space.
+
+        ``ε̂ = ε_u + w (ε_c - ε_u)``; with ``cfg_grad="cond_only"`` the unconditional branch is
+        detached (Flow-GRPO), so gradients flow only through the conditional prediction.
+        """
+        if cfg_grad not in ("both", "cond_only"):
+            raise AdapterError(f"cfg_grad must be 'both' or 'cond_only', got {cfg_grad!r}")
+        cond = conditioning["cond"]
+        uncond = conditioning.get("uncond")
+        batch = x_t.shape[0]
+        t = _expand_timestep(t, batch, x_t.device)
+        first = next(v for v in cond.values() if isinstance(v, torch.Tensor))
+        if first.shape[0] != batch:
+            raise AdapterError(f"conditioning batch {first.shape[0]} does not match latents batch {batch}")
+        x_in = x_t.to(self.dtype)
+        if self.distilled_guidance or guidance_scale <= 1.0 or uncond is None:
+            if not self.distilled_guidance and guidance_scale > 1.0 and uncond is None:
+                raise AdapterError("guidance_scale > 1 needs unconditional conditioning (encode with do_cfg=True)")
+            return self._forward(x_in, t, cond, guidance_scale=guidance_scale)
+        if cfg_grad == "cond_only":
+            with torch.no_grad():
+                out_u = self._forward(x_in, t, uncond, guidance_scale=guidance_scale)
+            out_c = self._forward(x_in, t, cond, guidance_scale=guidance_scale)
+        else:
+            both = self._forward(
+                torch.cat([x_in, x_in]), torch.cat([t, t]), cat_cond([uncond, cond]), guidance_scale=guidance_scale
+            )
+            out_u, out_c = both.chunk(2)
+        guided = out_u + guidance_scale * (out_c - out_u)
+        if guidance_rescale > 0:
+            dims = tuple(range(1, guided.ndim))
+            std_c = out_c.std(dim=dims, keepdim=True)
+            std_g = guided.std(dim=dims, keepdim=True)
+            guided = guidance_rescale * guided * (std_c / std_g) + (1 - guidance_rescale) * guided
+        return guided
+
+    # ------------------------------------------------------------------- sampling
+    def sample(
+        self,
+        prompts: Sequence[str] | str,
+        steps: int = 20,
+        guidance_scale: float = 1.0,
+        generator: Generator = None,
+        *,
+        negative_prompts: Sequence[str] | str | None = None,
+        stochastic: bool = False,
+        eta: float = 1.0,
+        noise_level: float = 0.7,
+        log_probs: bool | None = None,
+        log_prob_reduce: str = "mean",
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int | None = None,
+        latents: torch.Tensor | None = None,
+        conditioning: Conditioning | None = None,
+        decode: bool = True,
+        with_grad: bool = False,
+        progress: bool = False,
+        **schedule_options,
+    ) -> Rollout:
+        """Sample a batch and record the whole trajectory.
+
+        ``stochastic=False`` is the family's deterministic sampler (DDIM η=0 / Euler ODE) and matches the
+        diffusers pipeline for the same generator. ``stochastic=True`` uses DDIM with ``eta`` or the
+        flow SDE with ``noise_level`` and records per-step log-probs (``log_probs`` defaults to
+        ``stochastic``).
+        """
+        prompts = self._check_prompts(prompts)
+        steps = self._check_steps(steps)
+        if log_prob_reduce not in ("mean", "sum"):
+            raise AdapterError(f"log_prob_reduce must be 'mean' or 'sum', got {log_prob_reduce!r}")
+        if stochastic and (eta if self.prediction_type != "flow" else noise_level) <= 0:
+            raise AdapterError("stochastic sampling needs eta > 0 (DDIM) or noise_level > 0 (flow SDE)")
+        log_probs = stochastic if log_probs is None else log_probs
+        if log_probs and not stochastic:
+            raise AdapterError("log_probs=True needs stochastic=True: a deterministic step has no density")
+        batch = len(prompts)
+        do_cfg = guidance_scale > 1.0 and not self.distilled_guidance
+        if conditioning is None:
+            with torch.no_grad():
+                conditioning = self.encode_prompts(prompts, negative_prompts, do_cfg=do_cfg)
+        if latents is None:
+            latents = self.prepare_latents(batch, generator, height=height, width=width, num_frames=num_frames)
+        elif latents.shape[0] != batch:
+            raise AdapterError(f"latents batch {latents.shape[0]} does not match {batch} prompts")
+        schedule = self._schedule(steps, latents=latents, **schedule_options)
+        sampler = {
+            "stochastic": stochastic,
+            "eta": eta if stochastic else 0.0,
+            "noise_level": noise_level if stochastic else 0.0,
+            "guidance_scale": guidance_scale,
+            "reduce": log_prob_reduce,
+            "steps": steps,
+            **schedule_options,
+        }
+        trajectory = [latents]
+        step_log_probs = []
+        x = latents
+        grad_context = contextlib.nullcontext() if with_grad else torch.no_grad()
+        iterator = range(steps)
+        if progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(iterator, desc="sampling", leave=False)
+        with grad_context:
+            for index in iterator:
+                t = schedule["timesteps"][index]
+                out = self.predict(x, t, conditioning, guidance_scale)
+                step = self._step(out, index, x, schedule, sampler, generator=generator)
+                x = step.prev_sample.to(latents.dtype)
+                trajectory.append(x)
+                if log_probs:
+                    step_log_probs.append(step.log_prob)
+            media = self.decode(x) if decode else None
+        return Rollout(
+            prompts=prompts,
+            latents=torch.stack(trajectory, dim=1),
+            timesteps=schedule["timesteps"],
+            sigmas=schedule.get("sigmas"),
+            conditioning=conditioning,
+            sampler=sampler,
+            log_probs=torch.stack(step_log_probs, dim=1) if log_probs else None,
+            media=media,
+        )
+
+    def step_log_prob(
+        self, rollout: Rollout, step: int, cfg_grad: str = "both", return_mean: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Log-density of the stored transition ``step -> step+1`` under the *current* weights.
+
+        Uses the sampler settings recorded in the rollout (guidance, eta / noise level, reduction), so
+        right after sampling the result equals ``rollout.log_probs[:, step]`` (on-policy ratio 1).
+        Gradients flow to the denoiser unless called under ``torch.no_grad()``. With
+        ``return_mean=True`` returns ``(log_prob, mean, std)`` (for KL terms on step means).
+        """
+        if not rollout.sampler.get("stochastic"):
+            raise AdapterError("rollout was sampled deterministically; it has no transition densities")
+        if not 0 <= step < rollout.num_steps:
+            raise AdapterError(f"step must be in [0, {rollout.num_steps}), got {step}")
+        schedule = {"timesteps": rollout.timesteps}
+        if rollout.sigmas is not None:
+            schedule["sigmas"] = rollout.sigmas
+        schedule.update(rollout.extras.get("schedule", {}))
+        x = rollout.latents[:, step]
+        out = self.predict(x, rollout.timesteps[step], rollout.conditioning, rollout.sampler["guidance_scale"], cfg_grad)
+        result = self._step(out, step, x, schedule, rollout.sampler, prev_sample=rollout.latents[:, step + 1])
+        if return_mean:
+            return result.log_prob, result.mean, result.std
+        return result.log_prob
+
+    # ------------------------------------------------------------------ reference
+    def freeze_reference(self) -> None:
+        """Snapshot the current weights as the frozen reference (full fine-tuning; LoRA needs no copy)."""
+        if self.lora_config is not None:
+            return
+        self._reference_model = copy.deepcopy(self.trainable_denoiser).requires_grad_(False).eval()
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator["PipelineAdapter"]:
+        """Inside this context the adapter computes with the frozen reference model.
+
+        LoRA: the adapters are disabled (no second copy). Full fine-tuning: the snapshot taken by
+        :meth:`freeze_reference` (taken now if none exists yet). Gradients are off inside.
+        """
+        if self._reference_active:
+            yield self
+            return
+        with torch.no_grad():
+            if self.lora_config is not None:
+                denoiser = self.trainable_denoiser
+                denoiser.disable_adapters()
+                try:
+                    yield self
+                finally:
+                    denoiser.enable_adapters()
+            else:
+                if self._reference_model is None:
+                    self.freeze_reference()
+                self._reference_active = True
+                try:
+                    yield self
+                finally:
+                    self._reference_active = False
+
+    # ------------------------------------------------------------------------ LoRA
+    def add_lora(
+        self,
+        rank: int = 4,
+        alpha: float | None = None,
+        target_modules: Sequence[str] | None = None,
+        init: str | bool = "gaussian",
+        dropout: float = 0.0,
+        adapter_name: str = "default",
+    ):
+        """Attach a peft LoRA adapter to the denoiser; base weights frozen, LoRA params kept in fp32."""
+        from peft import LoraConfig
+
+        if rank <= 0:
+            raise AdapterError(f"LoRA rank must be positive, got {rank}")
+        config = LoraConfig(
+            r=rank,
+            lora_alpha=alpha if alpha is not None else rank,
+            target_modules=list(target_modules or self.lora_target_modules),
+            init_lora_weights=init,
+            lora_dropout=dropout,
+        )
+        denoiser = self.trainable_denoiser
+        denoiser.requires_grad_(False)
+        denoiser.add_adapter(config, adapter_name=adapter_name)
+        if adapter_name == "default" or self.lora_config is None:
+            self.lora_config = config
+        for name, param in denoiser.named_parameters():
+            if "lora_" in name:
+                param.data = param.data.float()
+                param.requires_grad_(f".{adapter_name}." in name)
+        return config
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.trainable_denoiser.parameters() if p.requires_grad]
+
+    def lora_state_dict(self, adapter_name: str = "default") -> dict[str, torch.Tensor]:
+        from peft.utils import get_peft_model_state_dict
+
+        if self.lora_config is None:
+            raise AdapterError("no LoRA adapter attached: call add_lora() first")
+        return get_peft_model_state_dict(self.trainable_denoiser, adapter_name=adapter_name)
+
+    def save_lora(self, directory: str | Path, adapter_name: str = "default") -> Path:
+        """Write ``pytorch_lora_weights.safetensors`` that stock diffusers' ``load_lora_weights`` reads."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.lora_state_dict(adapter_name).items()}
+        save = type(self.pipe).save_lora_weights
+        kwargs: dict[str, Any] = {f"{self.denoiser_name}_lora_layers": state}
+        metadata_key = f"{self.denoiser_name}_lora_adapter_metadata"
+        if metadata_key in inspect.signature(save).parameters:
+            kwargs[metadata_key] = self.trainable_denoiser.peft_config[adapter_name].to_dict()
+        save(str(directory), safe_serialization=True, **kwargs)
+        return directory
+
+    def load_lora(self, directory: str | Path, adapter_name: str = "default") -> None:
+        """Load LoRA weights saved by :meth:`save_lora` (or any diffusers LoRA) onto the denoiser."""
+        self.pipe.load_lora_weights(str(directory), adapter_name=adapter_name)
+        self.lora_config = self.trainable_denoiser.peft_config[adapter_name]
+
+    # -------------------------------------------------------------------- memory
+    def configure_memory(self, **options) -> None:
+        """Attention backend, slicing, tiling, gradient checkpointing; see :mod:`.memory`."""
+        from .memory import configure_memory
+
+        configure_memory(self, **options)
+
+    def to(self, device: torch.device | str) -> "PipelineAdapter":
+        self.pipe.to(device)
+        if self._reference_model is not None:
+            self._reference_model.to(device)
+        return self
+
+
+#: diffusers pipeline class name -> adapter class (other packages add entries via entry points)
+ADAPTERS: Registry[type[PipelineAdapter]] = Registry("pipeline class", entry_point_group="diffalign.pipelines")
+
+
+def register_adapter(cls: type[PipelineAdapter]) -> type[PipelineAdapter]:
+    """Class decorator: register ``cls`` for each of its ``pipeline_classes``."""
+    for name in cls.pipeline_classes:
+        ADAPTERS.register(name, cls, overwrite=True)
+    return cls
