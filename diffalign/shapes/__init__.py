@@ -1,0 +1,34 @@
+"""ShapesWorld: coloured shapes, captions from GenEval's grammar, and a judge whose verdicts are exact.
+
+* :mod:`diffalign.shapes.world`: scene sampling, caption grammar, renderer, datasets.
+* :mod:`diffalign.shapes.judge`: rule-based detector and GenEval-rule verdicts (reward and benchmark).
+"""
+from __future__ import annotations
+
+from .world import (
+    BACKGROUND,
+    COLORS,
+    IMAGE_SIZE,
+    RELATIONS,
+    SHAPES,
+    TASKS,
+    GrammarError,
+    Sample,
+    Scene,
+    ShapeObject,
+    ShapesDataset,
+    caption,
+    generate_dataset,
+    iter_dataset,
+    parse_caption,
+    render,
+    render_tensor,
+    sample_prompts,
+    sample_scene,
+)
+
+__all__ = [
+    "BACKGROUND", "COLORS", "IMAGE_SIZE", "RELATIONS", "SHAPES", "TASKS", "GrammarError", "Sample", "Scene",
+    "ShapeObject", "ShapesDataset", "caption", "generate_dataset", "iter_dataset", "parse_caption", "render",
+    "render_tensor", "sample_prompts", "sample_scene",
+]
