@@ -101,9 +101,8 @@ def ddim_step(
     a_t = _per_sample(alpha_prod_t, sample32)
     a_prev = _per_sample(alpha_prod_t_prev, sample32)
     x0, eps = ddim_x0_and_eps(model_output.float(), sample32, a_t, prediction_type)
-    if clip_sample_range is not None:
+    if clip_sample_range is not None:  # like diffusers' DDIM: only x̂0 is clipped, ε̂ stays the model's
         x0 = x0.clamp(-clip_sample_range, clip_sample_range)
-        eps = (sample32 - a_t.sqrt() * x0) / (1 - a_t).sqrt()
     variance = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
     std = eta * variance.clamp(min=0).sqrt()
     mean = a_prev.sqrt() * x0 + (1 - a_prev - std**2).clamp(min=0).sqrt() * eps
