@@ -428,13 +428,32 @@ def render_tensor(scene: Scene, size: int = IMAGE_SIZE, background: str | Sequen
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
-def shape_template(shape: str, resolution: int) -> torch.Tensor:
-    """Coverage mask (``resolution×resolution`` in [0, 1]) of ``shape`` filling the whole box."""
-    big = resolution * _SUPERSAMPLE
-    image = Image.new("L", (big, big), 0)
-    _draw(ImageDraw.Draw(image), shape, (0, 0, big - 1, big - 1), 255)
-    array = np.asarray(image.resize((resolution, resolution), Image.Resampling.BOX), dtype=np.float32) / 255.0
-    return torch.from_numpy(array)
+def shape_coverage(shape: str, px: torch.Tensor, py: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    """Approximate pixel coverage of ``shape`` (the geometry :func:`render` draws) at points ``(px, py)``.
+
+    All arguments broadcast; units are pixels with pixel centres at ``i + 0.5``. The coverage is
+    ``clamp(0.5 - sdf, 0, 1)`` of the signed distance ``sdf`` to the shape's outline (exact inside,
+    approximate beyond corners), the usual one-pixel antialiasing model.
+    """
+    half = size / 2
+    dx, dy = px - cx, py - cy
+    if shape == "circle":
+        sdf = torch.sqrt(dx**2 + dy**2) - half
+    elif shape == "square":
+        sdf = torch.maximum(dx.abs(), dy.abs()) - half
+    elif shape == "triangle":  # apex (cx, cy - h), base corners (cx ± h, cy + h)
+        below_apex = dy + half
+        root5 = 5**0.5
+        sdf = torch.maximum(dy - half, torch.maximum((-2 * dx - below_apex) / root5, (2 * dx - below_apex) / root5))
+    else:
+        raise GrammarError(f"unknown shape {shape!r}; ShapesWorld shapes: {', '.join(SHAPES)}")
+    return (0.5 - sdf).clamp(0, 1)
+
+
+#: Where the centroid of each (filled, uniform) shape sits, as a fraction of the box side below the
+#: box centre, and the shape's area as a fraction of the box area: the judge fits boxes with these.
+SHAPE_CENTROID_OFFSET: dict[str, float] = {"circle": 0.0, "square": 0.0, "triangle": 1 / 6}
+SHAPE_FILL: dict[str, float] = {"circle": 3.141592653589793 / 4, "square": 1.0, "triangle": 0.5}
 
 
 # --------------------------------------------------------------------------------------- datasets
@@ -518,5 +537,5 @@ __all__ = [
     "RELATIONS", "SHAPES", "Sample", "Scene", "ShapeObject", "ShapesDataset", "TASKS", "caption",
     "collate_samples", "generate_dataset", "iter_dataset", "make_metadata", "make_sample", "parse_caption",
     "relation_components", "relations", "render", "render_tensor", "sample_metadata", "sample_prompts",
-    "sample_scene", "scene_for", "shape_template",
+    "sample_scene", "scene_for", "shape_coverage", "SHAPE_CENTROID_OFFSET", "SHAPE_FILL",
 ]
