@@ -277,3 +277,31 @@ def load_state_dict_file(path, map_location: str | torch.device = "cpu") -> dict
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {path} does not hold a state dict (got {type(state).__name__})")
     return state
+
+
+def resolve_file(source, filename: str | None = None):
+    """A checkpoint file from a local file, a local folder (+ ``filename``), or the Hugging Face Hub.
+
+    Hub forms: ``"org/repo"`` (+ ``filename``) or ``"org/repo/path/in/repo"``. Local paths win, so
+    offline use needs no network; a hub download goes through ``huggingface_hub`` and its cache.
+    """
+    from pathlib import Path
+
+    path = Path(str(source)).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        if filename is None:
+            raise ValueError(f"{path} is a folder; name the checkpoint file inside it")
+        if not (path / filename).is_file():
+            raise FileNotFoundError(f"{path} has no {filename}")
+        return path / filename
+    parts = str(source).split("/")
+    if len(parts) < 2 or str(source).startswith((".", "/", "~")):
+        raise FileNotFoundError(f"checkpoint {source!r} is neither a local file/folder nor a hub id 'org/repo[/file]'")
+    repo, inner = "/".join(parts[:2]), "/".join(parts[2:]) or filename
+    if not inner:
+        raise ValueError(f"hub repository {repo!r} given without a file name")
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(repo, inner))

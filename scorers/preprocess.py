@@ -31,13 +31,19 @@ def _resize(images: torch.Tensor, size: tuple[int, int], interpolation: str, ant
 
 
 def resize_center_crop(
-    images: torch.Tensor, size: int, interpolation: str = "bicubic", antialias: bool = True
+    images: torch.Tensor,
+    size: int,
+    interpolation: str = "bicubic",
+    antialias: bool = True,
+    crop_size: int | None = None,
 ) -> torch.Tensor:
-    """Resize the shortest side to ``size`` (long side ``int(size·long/short)``), centre-crop ``size×size``.
+    """Resize the shortest side to ``size`` (long side ``int(size·long/short)``), centre-crop
+    ``crop_size×crop_size`` (default ``size``).
 
     Matches CLIP's ``Resize(size)`` + ``CenterCrop(size)``. Bicubic overshoot is clamped to [0, 1],
     as a uint8 round trip in the official path would do.
     """
+    crop = size if crop_size is None else crop_size
     height, width = images.shape[-2:]
     short, long = (height, width) if height <= width else (width, height)
     new_long = int(size * long / short)
@@ -46,9 +52,11 @@ def resize_center_crop(
     if interpolation == "bicubic":
         images = images.clamp(0, 1)
     height, width = images.shape[-2:]
-    top = int(round((height - size) / 2.0))
-    left = int(round((width - size) / 2.0))
-    return images[..., top : top + size, left : left + size]
+    if crop > min(height, width):
+        raise ValueError(f"crop size {crop} is larger than the resized image {height}×{width}")
+    top = int(round((height - crop) / 2.0))
+    left = int(round((width - crop) / 2.0))
+    return images[..., top : top + crop, left : left + crop]
 
 
 def letterbox(images: torch.Tensor, size: int, interpolation: str = "bicubic", antialias: bool = True, fill: float = 0.0) -> torch.Tensor:
