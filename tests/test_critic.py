@@ -23,18 +23,20 @@ from tests.tiny.vlm import build_qwen2_vl
 
 
 # -- local model --------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_vlm(tmp_path_factory):
-    return build_qwen2_vl(tmp_path_factory.mktemp("tiny-qwen2-vl"))
+@pytest.fixture(scope="module", params=["2", "2.5"], ids=["qwen2-vl", "qwen2.5-vl"])
+def tiny_vlm(request, tmp_path_factory):
+    return build_qwen2_vl(tmp_path_factory.mktemp(f"tiny-qwen{request.param}-vl"), version=request.param)
 
 
 @pytest.fixture(scope="module")
 def reference(tiny_vlm):
     """The same checkpoint loaded independently of the critic, for unbatched reference forwards."""
-    from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+    import transformers
 
-    model = Qwen2VLForConditionalGeneration.from_pretrained(tiny_vlm).eval()
-    processor = AutoProcessor.from_pretrained(tiny_vlm)
+    family = json.loads((tiny_vlm / "config.json").read_text())["model_type"]
+    model_cls = {"qwen2_vl": transformers.Qwen2VLForConditionalGeneration, "qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration}[family]
+    model = model_cls.from_pretrained(tiny_vlm).eval()
+    processor = transformers.AutoProcessor.from_pretrained(tiny_vlm)
     return model, processor
 
 
@@ -55,6 +57,7 @@ def reference_probability(reference, media: list[torch.Tensor], kind: str, quest
 def test_local_pointwise_is_softmax_of_yes_no_logits(tiny_vlm, reference):
     critic = scorers.load("critic", model=str(tiny_vlm), batch_size=2)
     assert isinstance(critic, MLLMCritic) and not critic.differentiable
+    assert type(critic.backend.model) is type(reference[0])  # the real loader picked the family from config.json
     images = torch.rand(3, 3, 56, 84)
     prompts = ["a red cat", "two blue dogs", "a green photo"]
     probabilities = critic(images, prompts)
@@ -315,3 +318,17 @@ def test_http_missing_api_key_variable_is_named(monkeypatch):
     monkeypatch.delenv("NO_SUCH_CRITIC_KEY", raising=False)
     with pytest.raises(ValueError, match="NO_SUCH_CRITIC_KEY"):
         MLLMCritic(url="http://127.0.0.1:1/v1", model="m", api_key_env="NO_SUCH_CRITIC_KEY")
+
+
+def test_http_video_is_sent_as_its_even_frames():
+    video = torch.rand(1, 9, 3, 8, 8)
+    with FakeChatServer(lambda body: completion("Yes", {"Yes": -0.3, "No": -1.4})) as server:
+        critic = MLLMCritic(url=server.url, model="m", video_frames=3)
+        probability = critic(video, ["a cat running"])
+    (body,) = server.requests
+    assert question_of(body) == DEFAULT_TEMPLATES.pointwise.format(prompt="a cat running", medium="video")
+    sent = images_of(body)
+    assert len(sent) == 3
+    for array, index in zip(sent, (0, 4, 8)):
+        assert np.array_equal(array, to_uint8(video[0, index]).permute(1, 2, 0).numpy())
+    assert probability.item() == pytest.approx(softmax_first({"Yes": -0.3, "No": -1.4}, ("Yes", "No")), rel=1e-6)

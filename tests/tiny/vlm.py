@@ -77,23 +77,29 @@ def qwen_tokenizer(path: Path):
     return tokenizer
 
 
-def build_qwen2_vl(path: Path, hidden: int = 32, layers: int = 2, heads: int = 4, seed: int = 0) -> Path:
-    """Write a tiny Qwen2-VL checkpoint folder (model + tokenizer + image/video processors) to ``path``."""
-    from transformers import (
-        AutoProcessor,
-        Qwen2VLConfig,
-        Qwen2VLForConditionalGeneration,
-        Qwen2VLImageProcessor,
-        Qwen2VLProcessor,
-        Qwen2VLVideoProcessor,
-    )
+def build_qwen2_vl(path: Path, hidden: int = 32, layers: int = 2, heads: int = 4, seed: int = 0, version: str = "2") -> Path:
+    """Write a tiny Qwen2-VL (``version="2"``) or Qwen2.5-VL (``"2.5"``) checkpoint folder to ``path``."""
+    import transformers
+    from transformers import AutoProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    if version not in ("2", "2.5"):
+        raise ValueError(f"version must be '2' or '2.5', got {version!r}")
+    prefix = "Qwen2VL" if version == "2" else "Qwen2_5_VL"
+    config_cls = getattr(transformers, f"{prefix}Config")
+    model_cls = getattr(transformers, f"{prefix}ForConditionalGeneration")
+    processor_cls = getattr(transformers, f"{prefix}Processor")
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = qwen_tokenizer(path)
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIAL_TOKENS}
     head_dim = hidden // heads
-    config = Qwen2VLConfig(
+    vision = dict(depth=2, hidden_size=hidden, num_heads=4, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+    if version == "2":
+        vision.update(embed_dim=32, mlp_ratio=2)
+    else:  # Qwen2.5-VL: window attention except in the full-attention blocks, SwiGLU MLP
+        vision.update(intermediate_size=hidden * 2, out_hidden_size=hidden, window_size=56, fullatt_block_indexes=[1])
+    config = config_cls(
         text_config=dict(
             vocab_size=len(tokenizer),
             hidden_size=hidden,
@@ -109,21 +115,18 @@ def build_qwen2_vl(path: Path, hidden: int = 32, layers: int = 2, heads: int = 4
             pad_token_id=ids["<|endoftext|>"],
             initializer_range=0.3,  # larger than the real 0.02 so answer logits differ visibly between inputs
         ),
-        vision_config=dict(
-            depth=2, embed_dim=32, hidden_size=hidden, num_heads=4, mlp_ratio=2,
-            patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
-        ),
+        vision_config=vision,
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
     )
     torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config).eval()
+    model = model_cls(config).eval()
     model.save_pretrained(path)
     # small pixel budgets keep the vision sequence short: 56x56 -> 4x4 patches -> 4 merged tokens
     pixels = dict(min_pixels=28 * 28, max_pixels=56 * 56)
-    processor = Qwen2VLProcessor(
+    processor = processor_cls(
         image_processor=Qwen2VLImageProcessor(**pixels),
         video_processor=Qwen2VLVideoProcessor(**pixels, cap_pixels_per_frame=True),
         tokenizer=tokenizer,
