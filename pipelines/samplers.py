@@ -110,7 +110,13 @@ def ddim_step(
     stochastic = eta > 0
     if prev_sample is None:
         prev_sample = mean + std * _draw(mean, generator) if stochastic else mean
-    log_prob = gaussian_log_prob(prev_sample, mean, std, reduce) if stochastic else None
+    log_prob = None
+    if stochastic:
+        # ᾱ_prev = 1 (set_alpha_to_one, e.g. CogVideoX's last step) gives σ_t = 0: a deterministic
+        # transition, which adds nothing to the trajectory log-likelihood (log-prob 0 instead of NaN)
+        zero_std = std == 0
+        log_prob = gaussian_log_prob(prev_sample, mean, torch.where(zero_std, torch.ones_like(std), std), reduce)
+        log_prob = torch.where(zero_std.flatten(1).all(dim=1), torch.zeros_like(log_prob), log_prob)
     return StepOutput(prev_sample=prev_sample, mean=mean, std=std, log_prob=log_prob)
 
 
