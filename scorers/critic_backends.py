@@ -358,8 +358,8 @@ class OpenAIChatBackend(CriticBackend):
                 return judgment
         judgment = _judgment_from_text(text, answers)
         if judgment.source == "text":
-            logger.warning("critic endpoint %s returned no answer logprobs; using the text answer %r as probability %g",
-                           self.endpoint, text, judgment.probability)
+            logger.warning("critic endpoint %s returned no logprobs for %s/%s; using the text answer %r as probability %g",
+                           self.endpoint, *answers, text, judgment.probability)
         else:
             logger.warning("critic endpoint %s answered %r, which is neither %s nor %s", self.endpoint, text, *answers)
         return judgment

@@ -263,7 +263,7 @@ def test_http_without_logprobs_falls_back_to_text_and_says_so(caplog):
         result = critic.pointwise(torch.rand(3, 3, 8, 8), "a cat")
     assert result.probabilities[:2].tolist() == [0.0, 1.0] and math.isnan(result.probabilities[2].item())
     assert result.sources == ["text", "text", "unparsed"] and not result.exact
-    assert "no answer logprobs" in caplog.text
+    assert "returned no logprobs for Yes/No" in caplog.text
 
 
 def test_http_custom_templates_reach_the_endpoint():
