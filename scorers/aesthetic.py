@@ -86,9 +86,9 @@ class AestheticScore(Scorer):
         frame_stride: int = 1,
     ):
         super().__init__(batch_size=batch_size, frame_stride=frame_stride)
-        self.backbone = load_backbone(clip_model, backend, processor=processor, pretrained=pretrained, device=device, dtype=dtype)
-        # the head is tiny; it runs in float32 whatever the CLIP dtype
+        # the head first: a missing head file fails before the CLIP model loads; it stays float32
         self.head = freeze(load_head(head, self.version), device)
+        self.backbone = load_backbone(clip_model, backend, processor=processor, pretrained=pretrained, device=device, dtype=dtype)
         self.scale = float(scale)
 
     def score_images(self, images: torch.Tensor, prompts) -> torch.Tensor:
