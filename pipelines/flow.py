@@ -192,16 +192,19 @@ class FlowMatchingProcess:
     ) -> Rollout:
         """Reverse Euler inversion ``x0 -> x_σ`` along the sampling schedule.
 
-        Going up from ``σ_{i+1}`` to ``σ_i`` solves ``x_{i+1} = x_i + (σ_{i+1} - σ_i)·v(x_i, t_i)`` for
-        ``x_i``: the first guess evaluates ``v`` at the known point ``x_{i+1}``; ReNoise
-        (``renoise_iterations = K``) re-evaluates ``v`` at the current guess ``K`` times (fixed-point
-        iteration) and, with ``renoise_average``, steps with the mean of those re-noised predictions.
-        ``until_step`` stops at ``σ_until_step`` (default 0: pure noise); the returned rollout's
-        ``latents`` run from that point to ``x0`` with the matching tail of the schedule.
+        Going up from ``σ_{i+1}`` to ``σ_i`` solves the Euler step ``x_{i+1} = x_i + (σ_{i+1} - σ_i)·v(x_i, t_i)``
+        for ``x_i``. ``v`` at the unknown ``x_i`` is first approximated by ``v_here = v(x_{i+1}, t_i)``. ReNoise
+        (``renoise_iterations = K``) then re-evaluates ``v_there = v(x_i^{(k)}, t_i)`` at the current estimate
+        ``K`` times and redoes the step from ``x_{i+1}`` with ``(v_here + v_there)/2`` (``renoise_average``, the
+        SmPO/ReNoise averaging, as the VP inversion does) or with ``v_there`` alone (plain fixed-point
+        iteration, which converges to the exact inverse of the Euler step when ``|Δσ|·Lip(v) < 1``).
+        ``until_step=k`` stops at ``σ_k`` (default 0: pure noise); the returned rollout's ``latents`` run from
+        that point to ``x0`` with the matching tail of the schedule, so deterministic sampling from
+        ``latents[:, 0]`` (with ``until_step=None``) reconstructs ``x0``. Prompts of the rollout are empty.
         """
         steps = self._check_steps(steps)
-        if renoise_iterations < 0:
-            raise AdapterError(f"renoise_iterations must be >= 0, got {renoise_iterations}")
+        if not isinstance(renoise_iterations, int) or renoise_iterations < 0:
+            raise AdapterError(f"renoise_iterations must be a non-negative integer, got {renoise_iterations!r}")
         start = 0 if until_step is None else int(until_step)
         if not 0 <= start < steps:
             raise AdapterError(f"until_step must be in [0, {steps}), got {until_step}")
@@ -212,19 +215,18 @@ class FlowMatchingProcess:
         for index in range(steps - 1, start - 1, -1):
             t = timesteps[index]
             delta = (sigmas[index] - sigmas[index + 1]).float()  # > 0: moving towards noise
-            velocity = self.predict(x, t, conditioning, guidance_scale).float()
-            guess = x + delta * velocity
-            renoised = []
+            v_here = self.predict(x, t, conditioning, guidance_scale).float()
+            guess = x + delta * v_here
             for _ in range(renoise_iterations):
-                renoised.append(self.predict(guess, t, conditioning, guidance_scale).float())
-                step_velocity = torch.stack(renoised).mean(0) if renoise_average else renoised[-1]
-                guess = x + delta * step_velocity
+                v_there = self.predict(guess, t, conditioning, guidance_scale).float()
+                guess = x + delta * (0.5 * (v_here + v_there) if renoise_average else v_there)
             x = guess
             states.append(x)
         states.reverse()
         sampler = {
             "stochastic": False, "eta": 0.0, "noise_level": 0.0, "guidance_scale": guidance_scale,
-            "reduce": "mean", "steps": steps, "inversion": True, "renoise_iterations": renoise_iterations,
+            "reduce": "mean", "steps": steps, "inversion": "renoise" if renoise_iterations else "euler",
+            "renoise_iterations": renoise_iterations, "renoise_average": renoise_average,
             **schedule_options,
         }
         return Rollout(

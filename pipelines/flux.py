@@ -8,6 +8,7 @@
   unconditional branch and negative prompts are ignored. Models without a guidance embedding
   (FLUX.1-schnell) ignore ``guidance_scale``.
 * Schedule: sigmas ``linspace(1, 1/S, S)`` shifted with ``mu = calculate_shift(image tokens)``.
+* Default size: the autoencoder's ``sample_size`` (1024 for the FLUX.1 releases, the pipeline's default).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from .base import AdapterError, Conditioning, Generator, PipelineAdapter, register_adapter
-from .flow import FlowMatchingProcess, kl_vae_decode, kl_vae_encode
+from .flow import FlowMatchingProcess, check_negative_prompts, kl_vae_decode, kl_vae_encode
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class FluxAdapter(FlowMatchingProcess, PipelineAdapter):
         self, prompts: Sequence[str], negative_prompts: Sequence[str] | str | None = None, do_cfg: bool = True
     ) -> Conditioning:
         prompts = self._check_prompts(prompts)
-        if negative_prompts is not None:
+        if check_negative_prompts(negative_prompts, len(prompts)) is not None:
             logger.warning("FLUX is guidance-distilled: negative prompts are ignored")
         embeds, pooled, _ = self.pipe.encode_prompt(
             prompt=prompts, prompt_2=None, device=self.device, max_sequence_length=self.max_sequence_length
@@ -93,8 +94,12 @@ class FluxAdapter(FlowMatchingProcess, PipelineAdapter):
         if num_frames not in (None, 1):
             raise AdapterError(f"{self.family} generates images; num_frames={num_frames} is not supported")
         scale = self.pipe.vae_scale_factor
-        height = height or self.pipe.default_sample_size * scale
-        width = width or self.pipe.default_sample_size * scale
+        # FluxPipeline hard-codes 128 latent pixels; the autoencoder's sample_size is that same 1024 for the
+        # FLUX.1 releases and follows the model for smaller ones
+        default = self.pipe.vae.config.get("sample_size") or self.pipe.default_sample_size * scale
+        default = default[0] if isinstance(default, (list, tuple)) else default
+        height = height or default
+        width = width or default
         if height % (2 * scale) or width % (2 * scale):
             raise AdapterError(f"height and width must be multiples of {2 * scale}, got {height}×{width}")
         channels = self.trainable_denoiser.config.in_channels // 4
