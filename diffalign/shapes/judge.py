@@ -45,7 +45,13 @@ from . import world
 
 # soft IoU of the best shape hypothesis: clean renders reach ~0.9+, a wrong shape stays below ~0.8
 _IOU_CLEAN = 0.85
-_IOU_FLOOR = 0.55
+_IOU_FLOOR = 0.6
+_IOU_MARGIN = 0.04  # best minus second-best IoU at which the shape is unambiguous (clean renders: >= 0.06)
+_EDGE_WIDTHS = (1.0, 2.0, 3.5)  # pixels; 1 = a crisp antialiased render
+_RIM = 2  # pixels around a component that still carry its blurred or antialiased edge
+_ALPHA_SOFT_FLOOR = 0.15  # blend fractions below it count as background (noise), above 1 - it as solid
+# a second colour covering this share of a region marks two touching objects, not a smeared edge
+_MIXED_SHARE = 0.3
 
 
 @dataclass(frozen=True)
@@ -168,14 +174,29 @@ def detect_batch(images: torch.Tensor, config: JudgeConfig = DEFAULT_CONFIG) -> 
     residual = torch.where(usable, residual, torch.full_like(residual, float("inf")))
     best_residual, best_colour = residual.min(dim=1)  # B×H×W
     foreground = best_residual <= config.max_residual
-    colour_label = torch.where(foreground, best_colour + 1, torch.zeros_like(best_colour))
-
-    ids = _connected_components(colour_label)
     fg_index = foreground.nonzero(as_tuple=False)  # P×3 (b, y, x)
     if fg_index.numel() == 0:
         return [[] for _ in range(batch)]
     b_idx, y_idx, x_idx = fg_index.unbind(1)
-    keys = b_idx * (height * width + 1) + ids[b_idx, y_idx, x_idx]
+    pixel_colour = best_colour[b_idx, y_idx, x_idx]
+    image_area = height * width
+    min_area = max(4.0, config.min_area_fraction * image_area)
+
+    # Pass 1: foreground regions whatever their pixels' colours (JPEG chroma and blur smear edges
+    # into neighbouring palette colours). A region takes its majority colour, unless a second colour
+    # holds a real share of it (two touching objects): then pass 2 splits it by colour.
+    ids = _connected_components(foreground.long())
+    _, region = torch.unique(b_idx * (image_area + 1) + ids[b_idx, y_idx, x_idx], return_inverse=True)
+    hist = torch.zeros(int(region.max()) + 1, len(names), device=device)
+    hist.index_put_((region, pixel_colour), torch.ones_like(region, dtype=torch.float32), accumulate=True)
+    top = hist.topk(2, dim=1)
+    mixed = (top.values[:, 1] >= _MIXED_SHARE * hist.sum(1)) & (top.values[:, 1] >= min_area)
+    pixel_label = torch.where(mixed[region], pixel_colour, top.indices[region, 0])
+    if bool(mixed.any()):
+        label_map = torch.zeros_like(best_colour)
+        label_map[b_idx, y_idx, x_idx] = pixel_label + 1
+        ids = _connected_components(label_map)
+    keys = b_idx * (image_area + 1) + ids[b_idx, y_idx, x_idx]
     unique_keys, component = torch.unique(keys, return_inverse=True)
     count = unique_keys.numel()
 
@@ -186,14 +207,13 @@ def detect_batch(images: torch.Tensor, config: JudgeConfig = DEFAULT_CONFIG) -> 
     area = torch.bincount(component, minlength=count).float()
     x0, x1 = reduce(x_idx, "amin", 0), reduce(x_idx, "amax", 0) + 1
     y0, y1 = reduce(y_idx, "amin", 0), reduce(y_idx, "amax", 0) + 1
-    mean_residual = reduce(best_residual[b_idx, y_idx, x_idx], "mean", 0)
-    comp_batch = (unique_keys // (height * width + 1)).long()
-    comp_colour = reduce(best_colour[b_idx, y_idx, x_idx], "amax", 0).long()
+    mean_residual = reduce(residual[b_idx, pixel_label, y_idx, x_idx].clamp(max=1.0), "mean", 0)
+    comp_batch = (unique_keys // (image_area + 1)).long()
+    comp_colour = reduce(pixel_label, "amax", 0).long()
     box_w, box_h = x1 - x0, y1 - y0
 
-    image_area = height * width
     keep = (
-        (area >= max(4.0, config.min_area_fraction * image_area))
+        (area >= min_area)
         & (area <= config.max_area_fraction * image_area)
         & (torch.minimum(box_w, box_h) >= config.min_side)
         & (torch.maximum(box_w, box_h) <= config.max_aspect * torch.minimum(box_w, box_h))
@@ -208,13 +228,22 @@ def detect_batch(images: torch.Tensor, config: JudgeConfig = DEFAULT_CONFIG) -> 
     # drawing best matches the soft mask (soft IoU) wins. Mass and centroid survive blur and noise.
     comp_map = torch.full((batch, height, width), -1, dtype=torch.long, device=device)
     comp_map[b_idx, y_idx, x_idx] = component
-    py = torch.arange(height, device=device, dtype=torch.float32).view(1, height, 1) + 0.5
-    px = torch.arange(width, device=device, dtype=torch.float32).view(1, 1, width) + 0.5
-    fits = []  # per chunk: (iou N×S, cx N×S, cy N×S, side N×S)
-    for chunk in kept.split(1024):
-        masks = (comp_map[comp_batch[chunk]] == chunk[:, None, None]).float()  # N×H×W
-        near = F.max_pool2d(masks[:, None], 3, stride=1, padding=1)[:, 0]  # + a one-pixel rim of edge pixels
-        coverage = alpha[comp_batch[chunk], comp_colour[chunk]].clamp(0, 1) * near
+    # work on a window around each component, chunked by size so windows stay tight
+    kept = kept[torch.argsort(torch.maximum(box_w, box_h)[kept])]
+    fits = []  # per chunk: (iou N×S, cx N, centre y N×S, side N×S)
+    for chunk in kept.split(512):
+        win = int(torch.maximum(box_w, box_h)[chunk].max()) + 2 * _RIM + 2
+        steps = torch.arange(win, device=device)
+        gy = y0[chunk].long()[:, None] - _RIM - 1 + steps  # N×win
+        gx = x0[chunk].long()[:, None] - _RIM - 1 + steps
+        inside = ((gy >= 0) & (gy < height))[:, :, None] & ((gx >= 0) & (gx < width))[:, None, :]
+        bsel = comp_batch[chunk][:, None, None]
+        gyc, gxc = gy.clamp(0, height - 1)[:, :, None], gx.clamp(0, width - 1)[:, None, :]
+        masks = ((comp_map[bsel, gyc, gxc] == chunk[:, None, None]) & inside).float()  # N×win×win
+        near = F.max_pool2d(masks[:, None], 2 * _RIM + 1, stride=1, padding=_RIM)[:, 0]  # + a rim of edge pixels
+        blend = alpha[bsel, comp_colour[chunk][:, None, None], gyc, gxc] * inside
+        py, px = gy[:, :, None].float() + 0.5, gx[:, None, :].float() + 0.5
+        coverage = ((blend - _ALPHA_SOFT_FLOOR) / (1 - 2 * _ALPHA_SOFT_FLOOR)).clamp(0, 1) * near
         mass = coverage.sum((-1, -2)).clamp(min=1e-6)
         cx = (coverage * px).sum((-1, -2)) / mass
         cy = (coverage * py).sum((-1, -2)) / mass
@@ -222,10 +251,14 @@ def detect_batch(images: torch.Tensor, config: JudgeConfig = DEFAULT_CONFIG) -> 
         for shape in world.SHAPES:
             side = torch.sqrt(mass / world.SHAPE_FILL[shape])
             centre_y = cy - world.SHAPE_CENTROID_OFFSET[shape] * side
-            drawn = world.shape_coverage(shape, px, py, cx[:, None, None], centre_y[:, None, None], side[:, None, None])
-            inter = torch.minimum(coverage, drawn).sum((-1, -2))
-            union = torch.maximum(coverage, drawn).sum((-1, -2)).clamp(min=1e-6)
-            ious.append(inter / union)
+            sdf = world.shape_sdf(shape, px, py, cx[:, None, None], centre_y[:, None, None], side[:, None, None])
+            best = torch.zeros_like(mass)
+            for edge in _EDGE_WIDTHS:  # blur of the observed image, unknown: try a few edge widths
+                drawn = (0.5 - sdf / edge).clamp(0, 1)
+                inter = torch.minimum(coverage, drawn).sum((-1, -2))
+                union = torch.maximum(coverage, drawn).sum((-1, -2)).clamp(min=1e-6)
+                best = torch.maximum(best, inter / union)
+            ious.append(best)
             centres_y.append(centre_y)
             sides.append(side)
         fits.append((torch.stack(ious, 1), cx, torch.stack(centres_y, 1), torch.stack(sides, 1)))
@@ -235,7 +268,9 @@ def detect_batch(images: torch.Tensor, config: JudgeConfig = DEFAULT_CONFIG) -> 
     rows_n = torch.arange(best_shape.numel(), device=device)
     fit_cy = torch.cat([f[2] for f in fits])[rows_n, best_shape]
     fit_side = torch.cat([f[3] for f in fits])[rows_n, best_shape]
+    runner_up = shape_iou.topk(2, dim=1).values[:, 1] if shape_iou.shape[1] > 1 else torch.zeros_like(best_iou)
     shape_conf = ((best_iou - _IOU_FLOOR) / (_IOU_CLEAN - _IOU_FLOOR)).clamp(0, 1)
+    shape_conf = shape_conf * ((best_iou - runner_up) / _IOU_MARGIN).clamp(0, 1)  # ambiguous blobs are no shape
     colour_conf = (1 - (mean_residual[kept] / config.max_residual) ** 2).clamp(0, 1)
     confidence = shape_conf * colour_conf
 

@@ -428,12 +428,11 @@ def render_tensor(scene: Scene, size: int = IMAGE_SIZE, background: str | Sequen
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
-def shape_coverage(shape: str, px: torch.Tensor, py: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
-    """Approximate pixel coverage of ``shape`` (the geometry :func:`render` draws) at points ``(px, py)``.
+def shape_sdf(shape: str, px: torch.Tensor, py: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    """Signed distance from points ``(px, py)`` to the outline of ``shape`` as :func:`render` draws it
+    (box centre ``(cx, cy)``, side ``size``), negative inside; exact inside, approximate beyond corners.
 
-    All arguments broadcast; units are pixels with pixel centres at ``i + 0.5``. The coverage is
-    ``clamp(0.5 - sdf, 0, 1)`` of the signed distance ``sdf`` to the shape's outline (exact inside,
-    approximate beyond corners), the usual one-pixel antialiasing model.
+    All arguments broadcast; units are pixels with pixel centres at ``i + 0.5``.
     """
     half = size / 2
     dx, dy = px - cx, py - cy
@@ -447,7 +446,12 @@ def shape_coverage(shape: str, px: torch.Tensor, py: torch.Tensor, cx: torch.Ten
         sdf = torch.maximum(dy - half, torch.maximum((-2 * dx - below_apex) / root5, (2 * dx - below_apex) / root5))
     else:
         raise GrammarError(f"unknown shape {shape!r}; ShapesWorld shapes: {', '.join(SHAPES)}")
-    return (0.5 - sdf).clamp(0, 1)
+    return sdf
+
+
+def shape_coverage(shape: str, px: torch.Tensor, py: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    """Approximate pixel coverage ``clamp(0.5 - sdf, 0, 1)`` (the one-pixel antialiasing model)."""
+    return (0.5 - shape_sdf(shape, px, py, cx, cy, size)).clamp(0, 1)
 
 
 #: Where the centroid of each (filled, uniform) shape sits, as a fraction of the box side below the
@@ -537,5 +541,5 @@ __all__ = [
     "RELATIONS", "SHAPES", "Sample", "Scene", "ShapeObject", "ShapesDataset", "TASKS", "caption",
     "collate_samples", "generate_dataset", "iter_dataset", "make_metadata", "make_sample", "parse_caption",
     "relation_components", "relations", "render", "render_tensor", "sample_metadata", "sample_prompts",
-    "sample_scene", "scene_for", "shape_coverage", "SHAPE_CENTROID_OFFSET", "SHAPE_FILL",
+    "sample_scene", "scene_for", "shape_coverage", "shape_sdf", "SHAPE_CENTROID_OFFSET", "SHAPE_FILL",
 ]
