@@ -1,0 +1,159 @@
+"""What an algorithm supplies to the one training loop, and the loss pieces they share.
+
+The loop (:class:`diffalign.training.trainer.Trainer`) owns sampling order, rewards, advantages,
+gradient accumulation, optimizer steps, EMA, checkpoints and logging. An :class:`Algorithm` owns
+only what is its own:
+
+* :meth:`rollout` — how a batch of prompts becomes a :class:`~diffalign.rollout.Rollout` (sampler
+  settings, whether log-probs are recorded);
+* :meth:`prepare_advantages` — any rescaling of the clipped advantages;
+* :meth:`micro_batches` / :meth:`loss` — how a train batch splits into backward passes and the loss
+  of each;
+* :meth:`micro_steps_per_batch` / :meth:`updates_per_pass` — from which the loop derives gradient
+  accumulation;
+* optional hooks :meth:`setup`, :meth:`after_update`, :meth:`after_epoch` and a checkpointable
+  :meth:`state_dict`.
+
+Algorithms talk to the model only through the adapter primitives (``sample``, ``step_log_prob``,
+``predict``, ``add_noise``, ``training_target``, ``reference``, ``add_lora``), so none knows the
+model family.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable
+
+import torch
+
+from diffalign.config import Config, ConfigError
+from diffalign.registry import Registry
+from diffalign.rollout import Rollout
+
+if TYPE_CHECKING:
+    from ..trainer import Trainer
+
+__all__ = ["ALGORITHMS", "Algorithm", "clipped_policy_loss", "mean_over_sample", "register_algorithm"]
+
+#: algorithm name -> Algorithm subclass (other packages add theirs via entry points)
+ALGORITHMS: Registry[type["Algorithm"]] = Registry("algorithm", entry_point_group="diffalign.algorithms")
+
+
+def register_algorithm(cls: type["Algorithm"]) -> type["Algorithm"]:
+    ALGORITHMS.register(cls.name, cls, overwrite=True)
+    return cls
+
+
+def mean_over_sample(x: torch.Tensor) -> torch.Tensor:
+    """Mean over every non-batch dim -> ``[B]``."""
+    return x.reshape(x.shape[0], -1).mean(dim=1)
+
+
+def clipped_policy_loss(
+    log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, clip_range: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's clipped surrogate (DDPO_IS, Flow-GRPO):
+
+    ``r = exp(logp_θ - logp_old)``, ``L = mean max(-A·r, -A·clip(r, 1-ε, 1+ε))``.
+    Also returns ``approx_kl = ½·mean((logp - logp_old)²)``, ``clipfrac`` and the mean ratio.
+    """
+    diff = log_prob - old_log_prob.detach()
+    ratio = torch.exp(diff)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    loss = torch.maximum(unclipped, clipped).mean()
+    with torch.no_grad():
+        stats = {
+            "approx_kl": 0.5 * (diff.detach() ** 2).mean(),
+            "clipfrac": ((ratio.detach() - 1.0).abs() > clip_range).float().mean(),
+            "ratio": ratio.detach().mean(),
+        }
+    return loss, stats
+
+
+class Algorithm:
+    """Base class; subclasses set ``name`` and ``config_class`` and register with :func:`register_algorithm`."""
+
+    name: ClassVar[str] = "base"
+    #: the dataclass of this algorithm's ``[name]`` config section
+    config_class: ClassVar[type]
+    #: rollouts must carry per-step log-probs (stochastic sampling)
+    needs_log_probs: ClassVar[bool] = True
+    #: advantage mode the official recipe uses (a warning is logged when the config differs)
+    default_advantage_mode: ClassVar[str] = "group"
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.cfg = config.section(self.name)
+        self.trainer: "Trainer | None" = None
+        self.validate()
+
+    # ----------------------------------------------------------------------- config
+    def validate(self) -> None:
+        """Cross-section checks; raise :class:`ConfigError` naming the key."""
+        if self.needs_log_probs and not self.config.sampling.stochastic:
+            raise ConfigError(
+                f"sampling.stochastic = false, but {self.name} needs per-step log-probs: set sampling.stochastic = true"
+            )
+
+    def micro_steps_per_batch(self) -> int:
+        """Backward passes per train batch (e.g. the number of trained timesteps)."""
+        raise NotImplementedError
+
+    def updates_per_pass(self) -> int:
+        """Optimizer steps per pass over the epoch's samples."""
+        return self.config.train.updates_per_epoch
+
+    # ---------------------------------------------------------------------- hooks
+    def setup(self, trainer: "Trainer") -> None:
+        """Called once the adapter (with LoRA) exists and before the optimizer is built."""
+        self.trainer = trainer
+
+    @property
+    def adapter(self):
+        return self.trainer.adapter
+
+    def rollout(self, prompts: list[str], generator) -> Rollout:
+        """Sample one batch with the ``[sampling]`` settings (no gradients)."""
+        s = self.config.sampling
+        return self.adapter.sample(
+            prompts,
+            steps=s.steps,
+            guidance_scale=s.guidance_scale,
+            generator=generator,
+            negative_prompts=s.negative_prompt or None,
+            stochastic=s.stochastic,
+            eta=s.eta,
+            noise_level=s.noise_level,
+            log_probs=self.needs_log_probs,
+            height=s.height,
+            width=s.width,
+        )
+
+    def prepare_advantages(self, advantages: torch.Tensor) -> torch.Tensor:
+        """Clipped advantages ``[n]`` -> what the loss uses (identity by default)."""
+        return advantages
+
+    def micro_batches(self, batch: Rollout, epoch: int, inner_epoch: int) -> Iterable[Any]:
+        """Split a train batch into units, one backward pass each (``micro_steps_per_batch`` of them)."""
+        raise NotImplementedError
+
+    def loss(self, micro: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        raise NotImplementedError
+
+    def after_update(self, global_step: int) -> None:
+        pass
+
+    def after_epoch(self, epoch: int, global_step: int) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    # --------------------------------------------------------------------- helpers
+    def generator(self, *tags: Any) -> torch.Generator:
+        """A CPU generator seeded from the run seed and ``tags`` (identical on every rank for equal tags)."""
+        from ..prompts import derive_seed
+
+        return torch.Generator("cpu").manual_seed(derive_seed(self.config.run.seed, self.name, *tags))

@@ -1,0 +1,172 @@
+"""Prompt sources and the distributed group sampler.
+
+A *prompt source* draws ``n`` prompts for a seed: a fixed list (inline, a ``.txt`` file with one
+prompt a line, or a ``.jsonl`` file with a ``"prompt"`` field), a built-in set (``animals``), or
+ShapesWorld's caption grammar (``shapes``). Sources are stateless given ``(seed, counter)``, so the
+sampler's whole state is one counter and resume is exact.
+
+:class:`GroupPromptSampler` is the Flow-GRPO/AWM "K-repeat" sampler: every rank draws the same
+global batch (a seeded draw shared by all ranks), ``world·batch/group_size`` distinct prompts each
+repeated ``group_size`` times and shuffled, and keeps its own slice. Groups therefore span ranks,
+and rewards are gathered before advantages are computed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from diffalign.registry import Registry
+
+__all__ = ["GroupPromptSampler", "PROMPT_SOURCES", "PromptSource", "derive_seed", "prompt_source"]
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from any hashable description (``derive_seed(seed, "noise", epoch, index)``)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+class PromptSource:
+    """Draws prompts: ``draw(n, seed) -> list[str]``."""
+
+    name = "prompts"
+
+    def draw(self, n: int, seed: int) -> list[str]:
+        raise NotImplementedError
+
+
+class ListSource(PromptSource):
+    """A fixed pool: a seeded sample without replacement (with replacement when ``n`` exceeds the pool)."""
+
+    def __init__(self, prompts: Sequence[str], name: str = "list"):
+        prompts = [p for p in prompts if isinstance(p, str) and p.strip()]
+        if not prompts:
+            raise ValueError(f"prompt source {name!r} is empty")
+        self.prompts = list(prompts)
+        self.name = name
+
+    def draw(self, n: int, seed: int) -> list[str]:
+        rng = random.Random(seed)
+        if n <= len(self.prompts):
+            return rng.sample(self.prompts, n)
+        return [rng.choice(self.prompts) for _ in range(n)]
+
+    def first(self, n: int) -> list[str]:
+        """The first ``n`` prompts in order (held-out lists are evaluated as given)."""
+        return self.prompts[:n]
+
+
+class CallableSource(PromptSource):
+    def __init__(self, fn: Callable[[int, int], list[str]], name: str):
+        self.fn = fn
+        self.name = name
+
+    def draw(self, n: int, seed: int) -> list[str]:
+        prompts = list(self.fn(n, seed))
+        if len(prompts) != n:
+            raise ValueError(f"prompt source {self.name!r} returned {len(prompts)} prompts, expected {n}")
+        return prompts
+
+
+#: named prompt sources: name -> factory(**options) -> PromptSource
+PROMPT_SOURCES: Registry[PromptSource] = Registry("prompt source", entry_point_group="diffalign.prompts")
+
+_ANIMALS = (
+    "cat", "dog", "horse", "monkey", "rabbit", "zebra", "spider", "bird", "sheep", "deer", "cow", "goat",
+    "lion", "tiger", "bear", "raccoon", "fox", "wolf", "lizard", "beetle", "ant", "butterfly", "fish",
+    "shark", "whale", "dolphin", "squirrel", "mouse", "rat", "snake", "turtle", "frog", "chicken", "duck",
+    "goose", "bee", "pig", "turkey", "fly", "llama", "camel", "bat", "gorilla", "hedgehog", "kangaroo",
+)
+
+
+@PROMPT_SOURCES.register("animals")
+def _animals(**options) -> PromptSource:
+    return ListSource(_ANIMALS, name="animals")
+
+
+@PROMPT_SOURCES.register("shapes")
+def _shapes(tasks: Sequence[str] | None = None, **options) -> PromptSource:
+    try:
+        from diffalign.shapes.world import sample_prompts
+    except ModuleNotFoundError as err:
+        raise ValueError("prompt source 'shapes' needs diffalign.shapes (ShapesWorld), which is not installed") from err
+
+    def draw(n: int, seed: int) -> list[str]:
+        return list(sample_prompts(n, seed=seed, tasks=tasks, **options) if tasks else sample_prompts(n, seed=seed, **options))
+
+    return CallableSource(draw, name="shapes")
+
+
+def _read_file(path: Path) -> list[str]:
+    if path.suffix == ".jsonl":
+        prompts = []
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if "prompt" not in row:
+                raise ValueError(f"{path}:{number}: a JSONL prompt file needs a 'prompt' field per row")
+            prompts.append(row["prompt"])
+        return prompts
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def prompt_source(spec: str = "", items: Sequence[str] = (), options: dict[str, Any] | None = None) -> PromptSource:
+    """Resolve a source: an inline list wins, then a file path, then a registered name."""
+    if items:
+        return ListSource(items, name="list")
+    if not spec:
+        raise ValueError("no prompts: give a named source, a prompt file or an inline list")
+    path = Path(spec)
+    if path.suffix in (".txt", ".jsonl") or path.exists():
+        if not path.exists():
+            raise ValueError(f"prompt file {path} does not exist")
+        return ListSource(_read_file(path), name=str(path))
+    if spec not in PROMPT_SOURCES:
+        raise ValueError(f"unknown prompt source {spec!r}; known: {', '.join(PROMPT_SOURCES.names())} (or a .txt/.jsonl path)")
+    return PROMPT_SOURCES.build(spec, **(options or {}))
+
+
+class GroupPromptSampler:
+    """Per-batch prompts for this rank; every rank computes the same global batch from ``(seed, counter)``."""
+
+    def __init__(
+        self, source: PromptSource, batch_size: int, group_size: int = 1, num_processes: int = 1,
+        process_index: int = 0, seed: int = 0,
+    ):
+        total = batch_size * num_processes
+        if total % group_size:
+            raise ValueError(
+                f"sampling.group_size={group_size} must divide the global sample batch "
+                f"(sampling.batch_size {batch_size} x {num_processes} processes = {total})"
+            )
+        self.source = source
+        self.batch_size = batch_size
+        self.group_size = group_size
+        self.num_processes = num_processes
+        self.process_index = process_index
+        self.seed = seed
+        self.counter = 0
+
+    def global_batch(self) -> list[str]:
+        """The batch of all ranks for the current counter (does not advance)."""
+        total = self.batch_size * self.num_processes
+        distinct = self.source.draw(total // self.group_size, derive_seed(self.seed, "prompts", self.counter))
+        repeated = [p for p in distinct for _ in range(self.group_size)]
+        random.Random(derive_seed(self.seed, "shuffle", self.counter)).shuffle(repeated)
+        return repeated
+
+    def next_batch(self) -> list[str]:
+        prompts = self.global_batch()
+        self.counter += 1
+        start = self.process_index * self.batch_size
+        return prompts[start : start + self.batch_size]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"counter": self.counter, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.counter = int(state["counter"])

@@ -1,0 +1,652 @@
+"""The one training loop for online RL (DDPO, Flow-GRPO, AWM), on ``accelerate``.
+
+Each epoch:
+
+1. **Sampling** — ``sampling.batches_per_epoch`` batches per process. Prompts come from the group
+   sampler (the same seeded draw on every rank, each rank its slice); every sample's noise comes
+   from its own generator seeded by ``(seed, epoch, batch, global sample index)``, so processes
+   draw different noise, runs are reproducible, and the update does not depend on how the global
+   batch is split over processes. Rewards come from the scorer (``reward(media, prompts) -> [B]``).
+2. **Advantages** — rewards and prompts gathered from all processes, normalised (per-prompt
+   history or group-relative), clipped, this rank's slice kept.
+3. **Training** — ``train.inner_epochs`` passes over the shuffled samples in train batches; the
+   algorithm splits each into micro-steps and gives their losses. Gradients accumulate over
+   ``(samples / train batch) x micro-steps / updates`` backward passes (derived, printed, checked
+   for divisibility), are averaged over processes, clipped, and one optimizer step is taken. A
+   non-finite loss or gradient skips the step (grads zeroed, logged); ``run.max_bad_steps``
+   consecutive skips stop training with :class:`TrainingDivergedError`, leaving the last good
+   checkpoint untouched.
+
+Gradients are averaged across processes explicitly rather than by wrapping the denoiser in DDP:
+the adapter calls its own denoiser module, and a DDP wrapper that is not the module used in the
+forward pass silently skips the all-reduce (the LoRA gradient-sync bug of the original DDPO code).
+
+The run folder holds ``config.toml``, ``metrics.jsonl``, ``checkpoints/``, sample grids
+(``samples/``), ``reward_curve.png`` and the final weights (``final/``: a diffusers LoRA or the
+trainable state).
+
+From Python::
+
+    trainer = AWMTrainer("awm_shapes", overrides=["run.epochs=20"])
+    trainer.train()
+    print(trainer.evaluate()["eval/reward_mean"])
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.resources
+import importlib.util
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Sequence
+
+import torch
+
+from diffalign.config import Config, ConfigError, load_config, to_toml
+from diffalign.rollout import Rollout
+
+from .advantages import build_normalizer, compute_advantages
+from .algorithms import ALGORITHMS, Algorithm
+from .checkpoint import capture_rng_state, find_latest_checkpoint, load_state, restore_rng_state, write_checkpoint
+from .prompts import GroupPromptSampler, ListSource, derive_seed, prompt_source
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AWMTrainer", "DDPOTrainer", "FlowGRPOTrainer", "Trainer", "TrainingDivergedError", "recipe_path"]
+
+Reward = Callable[[torch.Tensor, list[str]], torch.Tensor]
+
+
+class TrainingDivergedError(RuntimeError):
+    """Too many consecutive optimizer steps had a non-finite loss or gradient."""
+
+
+def recipe_path(recipe: str | Path) -> Path:
+    """A recipe file: an existing path, or the bare name of a shipped recipe (``awm_shapes``)."""
+    path = Path(recipe)
+    if path.exists():
+        return path
+    name = path.name if path.suffix == ".toml" else f"{path.name}.toml"
+    shipped = importlib.resources.files("diffalign.training") / "recipes" / name
+    if shipped.is_file():
+        return Path(str(shipped))
+    known = sorted(p.name[:-5] for p in (importlib.resources.files("diffalign.training") / "recipes").iterdir()
+                   if p.name.endswith(".toml"))
+    raise ConfigError(f"recipe {recipe!r} is neither a file nor a shipped recipe; shipped: {', '.join(known)}")
+
+
+def _available_trackers(names: Sequence[str]) -> list[str]:
+    modules = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
+    out = []
+    for name in names:
+        candidates = modules.get(name, (name,))
+        if any(importlib.util.find_spec(m) is not None for m in candidates):
+            out.append(name)
+        else:
+            logger.warning("tracker %r is not installed; skipping it (metrics.jsonl is still written)", name)
+    return out
+
+
+class Trainer:
+    """Online RL trainer; the algorithm is ``config.run.algorithm`` (or fixed by a subclass)."""
+
+    algorithm_name: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        config: Config | str | Path | dict | None = None,
+        *,
+        overrides: Sequence[str] | dict[str, Any] = (),
+        adapter=None,
+        reward: Reward | str | None = None,
+        train_prompts: Sequence[str] | None = None,
+        eval_prompts: Sequence[str] | None = None,
+        run_dir: str | Path | None = None,
+    ):
+        if isinstance(config, (str, Path)) and not Path(config).exists():
+            config = recipe_path(config)
+        overrides = dict(overrides) if isinstance(overrides, dict) else list(overrides)
+        self.config = load_config(config, overrides)
+        chosen = self.config.run.algorithm
+        if self.algorithm_name is not None and chosen != self.algorithm_name:
+            if chosen:
+                raise ConfigError(
+                    f"run.algorithm = {chosen!r}, but {type(self).__name__} trains {self.algorithm_name!r}: "
+                    f"use Trainer for this recipe or change run.algorithm"
+                )
+            extra = {"run.algorithm": self.algorithm_name}
+            self.config = load_config(self.config, extra)
+        run = self.config.run
+        if not run.algorithm:
+            raise ConfigError(f"run.algorithm is not set; choose one of: {', '.join(ALGORITHMS.names())}")
+        if run.algorithm not in ALGORITHMS:
+            raise ConfigError(f"run.algorithm = {run.algorithm!r} is unknown; known: {', '.join(ALGORITHMS.names())}")
+        self.algorithm: Algorithm = ALGORITHMS.get(run.algorithm)(self.config)
+        if self.config.advantage.mode != self.algorithm.default_advantage_mode:
+            logger.warning("advantage.mode = %r; %s normally uses %r", self.config.advantage.mode,
+                           run.algorithm, self.algorithm.default_advantage_mode)
+        self.run_dir = Path(run_dir) if run_dir is not None else Path(run.output_dir) / run.name
+        self.grad_accum = self._derive_accumulation()
+
+        from accelerate import Accelerator
+
+        self.accelerator = Accelerator(
+            mixed_precision=run.mixed_precision,
+            cpu=run.cpu,
+            gradient_accumulation_steps=self.grad_accum,
+            log_with=_available_trackers(run.log_with) or None,
+            project_dir=str(self.run_dir),
+            step_scheduler_with_optimizer=False,
+        )
+        acc = self.accelerator
+        self._print(
+            f"gradient accumulation: {self.grad_accum} backward passes per optimizer step "
+            f"({self.samples_per_epoch} samples/process/epoch, train batch {self.config.train.batch_size}, "
+            f"{self.algorithm.micro_steps_per_batch()} micro-steps per batch, "
+            f"{self.algorithm.updates_per_pass()} update(s) per pass, {acc.num_processes} process(es))"
+        )
+
+        # model: shared init seed on every rank, so LoRA initial weights agree
+        torch.manual_seed(derive_seed(run.seed, "init"))
+        self.adapter = self._load_adapter(adapter)
+        self._setup_trainable()
+        self.algorithm.setup(self)
+        named = [(n, p) for n, p in self.adapter.trainable_denoiser.named_parameters() if p.requires_grad]
+        if not named:
+            raise ConfigError("nothing to train: the denoiser has no trainable parameters")
+        self.param_names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self._build_optimizer()
+        self.ema = None
+        if self.config.train.ema:
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(self.params, decay=self.config.train.ema_decay)
+        # per-process randomness from here on (dropout etc.); sampling noise uses per-sample generators
+        from accelerate.utils import set_seed
+
+        set_seed(run.seed, device_specific=True)
+
+        self.reward = self._load_reward(reward)
+        self._train_source = (ListSource(train_prompts, "train") if train_prompts
+                              else prompt_source(self.config.prompts.train, self.config.prompts.train_list,
+                                                 self.config.prompts.options))
+        self.eval_prompts = self._eval_prompts(eval_prompts)
+        self.prompt_sampler = GroupPromptSampler(
+            self._train_source, self.config.sampling.batch_size, self.config.sampling.group_size,
+            acc.num_processes, acc.process_index, seed=run.seed,
+        )
+        adv = self.config.advantage
+        self.normalizer = build_normalizer(adv.mode, adv.buffer_size, adv.min_count, adv.global_std)
+
+        self.epoch = 0
+        self.global_step = 0
+        self.consecutive_bad_steps = 0
+        self.history: list[dict[str, Any]] = []
+        self._trackers_started = False
+
+    # ------------------------------------------------------------------------------- setup
+    @property
+    def samples_per_epoch(self) -> int:
+        s = self.config.sampling
+        return s.batch_size * s.batches_per_epoch
+
+    def _derive_accumulation(self) -> int:
+        s, t = self.config.sampling, self.config.train
+        n = self.samples_per_epoch
+        if n % t.batch_size:
+            raise ConfigError(
+                f"train.batch_size = {t.batch_size} must divide the samples per process and epoch "
+                f"(sampling.batch_size {s.batch_size} x sampling.batches_per_epoch {s.batches_per_epoch} = {n})"
+            )
+        batches = n // t.batch_size
+        updates = self.algorithm.updates_per_pass()
+        if batches % updates:
+            raise ConfigError(
+                f"train.updates_per_epoch = {updates} must divide the {batches} train batches per epoch "
+                f"({n} samples / train.batch_size {t.batch_size})"
+            )
+        return batches // updates * self.algorithm.micro_steps_per_batch()
+
+    def _load_adapter(self, adapter):
+        from diffalign.pipelines import load
+
+        dtype = getattr(torch, self.config.model.dtype)
+        if adapter is None:
+            adapter = load(self.config.model.source, device=self.accelerator.device,
+                           torch_dtype=dtype if dtype != torch.float32 else None)
+        else:
+            adapter = load(adapter)
+            adapter.to(self.accelerator.device)
+        if self.config.model.gradient_checkpointing:
+            adapter.configure_memory(gradient_checkpointing=True)
+        return adapter
+
+    def _setup_trainable(self) -> None:
+        m = self.config.model
+        if m.lora:
+            if self.adapter.lora_config is None:
+                self.adapter.add_lora(rank=m.lora_rank, alpha=m.lora_alpha, target_modules=m.lora_targets or None,
+                                      init=m.lora_init)
+        else:
+            self.adapter.freeze_reference()  # the reference must be the weights before training
+            self.adapter.trainable_denoiser.requires_grad_(True)
+
+    def _build_optimizer(self) -> None:
+        from diffusers.optimization import get_scheduler
+
+        t = self.config.train
+        optimizer = torch.optim.AdamW(
+            self.params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
+            weight_decay=t.weight_decay, eps=t.adam_epsilon,
+        )
+        total_steps = self.config.run.epochs * t.inner_epochs * self.algorithm.updates_per_pass()
+        scheduler = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=t.lr_warmup_steps,
+                                  num_training_steps=total_steps)
+        self.optimizer, self.lr_scheduler = self.accelerator.prepare(optimizer, scheduler)
+
+    def _load_reward(self, reward) -> Reward:
+        if reward is None:
+            reward = self.config.reward.spec
+        if isinstance(reward, str):
+            from diffalign import scorers
+
+            reward = scorers.load(reward, **self.config.reward.options)
+        if isinstance(reward, torch.nn.Module):
+            reward = reward.to(self.accelerator.device).eval()
+        if not callable(reward):
+            raise ConfigError(f"reward must be a scorer spec or a callable (media, prompts) -> Tensor[B], got {reward!r}")
+        return reward
+
+    def _eval_prompts(self, given: Sequence[str] | None) -> list[str]:
+        p = self.config.prompts
+        if given:
+            return list(given)
+        if p.eval_list:
+            return list(p.eval_list)[: p.num_eval]
+        if p.eval:
+            source = prompt_source(p.eval, (), p.options)
+            return source.first(p.num_eval) if isinstance(source, ListSource) else source.draw(p.num_eval, self.config.eval.seed)
+        return self._train_source.draw(p.num_eval, derive_seed(self.config.run.seed, "eval-prompts"))
+
+    # ------------------------------------------------------------------------------ helpers
+    def _print(self, message: str) -> None:
+        self.accelerator.print(message) if hasattr(self, "accelerator") else print(message)
+        logger.info(message)
+
+    def _generators(self, *tags: Any, indices: Sequence[int]) -> list[torch.Generator]:
+        seed = self.config.run.seed
+        return [torch.Generator("cpu").manual_seed(derive_seed(seed, *tags, int(i))) for i in indices]
+
+    def score(self, media: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        with torch.no_grad():
+            rewards = self.reward(media, list(prompts))
+        rewards = torch.as_tensor(rewards, dtype=torch.float32).reshape(-1)
+        if rewards.shape[0] != len(prompts):
+            raise ValueError(f"reward returned {rewards.shape[0]} values for {len(prompts)} samples")
+        return rewards.to(self.accelerator.device)
+
+    def _is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """Inside, the trainable parameters hold their EMA (no-op without ``train.ema``)."""
+        if self.ema is None:
+            yield
+            return
+        self.ema.store(self.params)
+        self.ema.copy_to(self.params)
+        try:
+            yield
+        finally:
+            self.ema.restore(self.params)
+
+    # ---------------------------------------------------------------------------- sampling
+    def collect(self, epoch: int) -> Rollout:
+        """The sampling phase of one epoch: rollouts with rewards and this rank's advantages."""
+        s = self.config.sampling
+        acc = self.accelerator
+        rollouts = []
+        bar = self._bar(range(s.batches_per_epoch), f"epoch {epoch}: sampling")
+        for b in bar:
+            counter = self.prompt_sampler.counter
+            prompts = self.prompt_sampler.next_batch()
+            start = counter * s.batch_size * acc.num_processes + acc.process_index * s.batch_size
+            indices = list(range(start, start + s.batch_size))
+            with torch.no_grad(), acc.autocast():
+                rollout = self.algorithm.rollout(prompts, self._generators("sample", epoch, indices=indices))
+            rollout.rewards = self.score(rollout.media, prompts)
+            rollout.extras["sample_index"] = torch.tensor(indices, device=rollout.latents.device)
+            if b == 0:
+                self._last_media = rollout.media.detach().cpu()
+            rollout.media = None
+            rollouts.append(rollout)
+        batch = Rollout.cat(rollouts)
+        advantages = compute_advantages(self.normalizer, batch.rewards, batch.prompts, acc,
+                                        self.config.advantage.clip_max)
+        batch.extras["advantages"] = self.algorithm.prepare_advantages(advantages).to(batch.latents.device)
+        return batch
+
+    def _bar(self, iterable, desc: str):
+        if not self.config.run.progress or not self._is_main():
+            return iterable
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, desc=desc, leave=False)
+
+    # ---------------------------------------------------------------------------- training
+    def _sync_gradients(self) -> None:
+        """Average gradients over processes (see the module docstring for why not DDP)."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in self.params])
+        flat = acc.reduce(flat, reduction="mean")
+        offset = 0
+        for p in self.params:
+            n = p.numel()
+            p.grad = flat[offset : offset + n].view_as(p).clone()
+            offset += n
+
+    def _optimizer_step(self, window_bad: bool) -> dict[str, float]:
+        acc = self.accelerator
+        self._sync_gradients()
+        bad = torch.tensor(float(window_bad), device=acc.device)
+        if acc.num_processes > 1:
+            bad = acc.reduce(bad, reduction="sum")
+        grads_finite = all(p.grad is None or torch.isfinite(p.grad).all() for p in self.params)
+        if bad.item() > 0 or not grads_finite:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.consecutive_bad_steps += 1
+            logger.warning("non-finite loss or gradient: optimizer step skipped (%d in a row)", self.consecutive_bad_steps)
+            if self.consecutive_bad_steps >= self.config.run.max_bad_steps:
+                last = find_latest_checkpoint(self.run_dir)
+                raise TrainingDivergedError(
+                    f"{self.consecutive_bad_steps} consecutive optimizer steps had a non-finite loss or gradient "
+                    f"(epoch {self.epoch}); training stopped. Last good checkpoint: {last or 'none written yet'}"
+                )
+            return {"skipped_steps": 1.0}
+        grad_norm = acc.clip_grad_norm_(self.params, self.config.train.max_grad_norm)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+        self.consecutive_bad_steps = 0
+        if self.ema is not None and self.global_step % self.config.train.ema_every == 0:
+            self.ema.step(self.params)
+        self.algorithm.after_update(self.global_step)
+        return {"grad_norm": float(grad_norm), "skipped_steps": 0.0}
+
+    def train_on(self, batch: Rollout, epoch: int) -> dict[str, float]:
+        """The training phase of one epoch."""
+        acc = self.accelerator
+        t = self.config.train
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+
+        def record(values: dict[str, Any]) -> None:
+            for k, v in values.items():
+                v = float(v)
+                sums[k] = sums.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
+
+        denoiser = self.adapter.trainable_denoiser
+        denoiser.train()
+        window_bad = False
+        for inner in range(t.inner_epochs):
+            order = torch.randperm(batch.batch_size, generator=torch.Generator().manual_seed(
+                derive_seed(self.config.run.seed, "shuffle", epoch, inner, acc.process_index)))
+            shuffled = batch[order.to(batch.latents.device)]
+            starts = range(0, batch.batch_size, t.batch_size)
+            for start in self._bar(starts, f"epoch {epoch}: training"):
+                train_batch = shuffled[start : start + t.batch_size]
+                for micro in self.algorithm.micro_batches(train_batch, epoch, inner):
+                    with acc.accumulate(denoiser):
+                        with acc.autocast():
+                            loss, stats = self.algorithm.loss(micro)
+                        if torch.isfinite(loss):
+                            acc.backward(loss)
+                        else:
+                            window_bad = True
+                        record({"loss": loss.detach(), **stats})
+                        if acc.sync_gradients:
+                            record(self._optimizer_step(window_bad))
+                            window_bad = False
+        denoiser.eval()
+        return {k: sums[k] / counts[k] for k in sums}
+
+    # ------------------------------------------------------------------------------- epochs
+    def _start_trackers(self) -> None:
+        if self._trackers_started:
+            return
+        self._trackers_started = True
+        if self._is_main():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.toml").write_text(to_toml(self.config))
+        if self.accelerator.log_with:
+            self.accelerator.init_trackers(self.config.run.name, config=self.config.flat())
+
+    def _log(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        if self._is_main():
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if self.accelerator.log_with:
+            scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k not in ("epoch",)}
+            self.accelerator.log(scalars, step=record.get("epoch", self.epoch))
+
+    def train(self, epochs: int | None = None, *, stop_after: int | None = None) -> dict[str, Any]:
+        """Train up to ``epochs`` (default ``run.epochs``) total epochs; ``stop_after`` ends this call early
+        after that many epochs (as if interrupted; resume continues). Returns the last metrics."""
+        run = self.config.run
+        total = run.epochs if epochs is None else epochs
+        self._start_trackers()
+        if self.epoch == 0 and self.config.eval.at_start and not any("eval/reward_mean" in h for h in self.history):
+            self.evaluate()
+        done = 0
+        last: dict[str, Any] = {}
+        for epoch in range(self.epoch, total):
+            started = time.time()
+            batch = self.collect(epoch)
+            rewards, _ = _gathered(self.accelerator, batch.rewards)
+            metrics = self.train_on(batch, epoch)
+            self.algorithm.after_epoch(epoch, self.global_step)
+            self.epoch = epoch + 1
+            last = {
+                "epoch": self.epoch, "global_step": self.global_step,
+                "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std(unbiased=False)),
+                "lr": float(self.lr_scheduler.get_last_lr()[0]), "seconds": time.time() - started,
+                **self.normalizer.stats(), **metrics,
+            }
+            self._log(last)
+            self._print(f"epoch {self.epoch}/{total}: reward {last['reward_mean']:.4f} loss {metrics.get('loss', float('nan')):.4g}")
+            every = self.config.eval.every
+            if (every and self.epoch % every == 0) or self.epoch == total:
+                self.evaluate()
+            if (run.checkpoint_every and self.epoch % run.checkpoint_every == 0) or self.epoch == total:
+                self.save_checkpoint()
+            done += 1
+            if stop_after is not None and done >= stop_after and self.epoch < total:
+                return last
+        if self.epoch >= total:
+            self.save_final()
+        return last
+
+    # --------------------------------------------------------------------------- evaluation
+    def evaluate(self, prompts: Sequence[str] | None = None, *, save_grid: bool = True) -> dict[str, Any]:
+        """Mean reward on the held-out prompts with the deterministic (or ``eval``) sampler and fixed noise,
+        using the EMA weights when ``eval.use_ema``. Logs and returns ``{"eval/reward_mean": ...}``."""
+        e, s = self.config.eval, self.config.sampling
+        acc = self.accelerator
+        prompts = list(prompts or self.eval_prompts)
+        mine = list(range(acc.process_index, len(prompts), acc.num_processes))
+        rewards, media = [], []
+        context = self.ema_weights() if e.use_ema else contextlib.nullcontext()
+        with context, torch.no_grad(), acc.autocast():
+            for start in range(0, len(mine), e.batch_size):
+                idx = mine[start : start + e.batch_size]
+                batch_prompts = [prompts[i] for i in idx]
+                rollout = self.adapter.sample(
+                    batch_prompts, steps=e.steps, guidance_scale=e.guidance_scale,
+                    generator=[torch.Generator("cpu").manual_seed(derive_seed(e.seed, "eval", i)) for i in idx],
+                    negative_prompts=s.negative_prompt or None, stochastic=e.stochastic, eta=s.eta,
+                    noise_level=s.noise_level, log_probs=False, height=s.height, width=s.width,
+                )
+                rewards.append(self.score(rollout.media, batch_prompts).cpu())
+                media.append(rollout.media.float().cpu())
+        local = list(zip(mine, torch.cat(rewards).tolist() if rewards else []))
+        if acc.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            local = gather_object(local)
+        values = torch.tensor([r for _, r in sorted(local)])
+        result = {"epoch": self.epoch, "global_step": self.global_step,
+                  "eval/reward_mean": float(values.mean()), "eval/reward_std": float(values.std(unbiased=False))}
+        if self._trackers_started:
+            self._log(result)
+            if self._is_main():
+                if save_grid and media and e.grid_images:
+                    from diffalign.media import save_grid as write_grid
+
+                    write_grid(torch.cat(media)[: e.grid_images], self.run_dir / "samples" / f"eval_epoch_{self.epoch:04d}.png")
+                self.plot_rewards()
+        return result
+
+    def plot_rewards(self) -> Path | None:
+        """``reward_curve.png``: training reward per epoch and held-out reward per evaluation."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        train = [(h["epoch"], h["reward_mean"]) for h in self.history if "reward_mean" in h]
+        held = [(h["epoch"], h["eval/reward_mean"]) for h in self.history if "eval/reward_mean" in h]
+        if not train and not held:
+            return None
+        fig, ax = plt.subplots(figsize=(6, 4))
+        if train:
+            ax.plot(*zip(*train), label="train reward (sampling)")
+        if held:
+            ax.plot(*zip(*held), marker="o", label="held-out reward (eval)")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("reward")
+        ax.set_title(f"{self.config.run.algorithm}: {self.config.run.name}")
+        ax.legend()
+        fig.tight_layout()
+        path = self.run_dir / "reward_curve.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+    # --------------------------------------------------------------------------- checkpoints
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in zip(self.param_names, self.params)}
+
+    def save_checkpoint(self) -> Path:
+        state = {
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "consecutive_bad_steps": self.consecutive_bad_steps,
+            "prompt_sampler": self.prompt_sampler.state_dict(),
+            "normalizer": self.normalizer.state_dict(),
+            "accelerator_step": self.accelerator.step,
+            "history": self.history,
+            "algorithm": self.config.run.algorithm,
+        }
+        path = write_checkpoint(
+            self.run_dir / "checkpoints", self.epoch,
+            weights=self.trainable_state_dict(),
+            states={
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.lr_scheduler.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "algorithm": self.algorithm.state_dict() or None,
+            },
+            trainer_state=state,
+            rng_state=capture_rng_state(),
+            keep_last=self.config.run.keep_checkpoints,
+            accelerator=self.accelerator,
+        )
+        return path
+
+    def resume(self, checkpoint: str | Path | None = None) -> Path:
+        """Restore everything from ``checkpoint`` (a checkpoint folder or a run folder: its newest)."""
+        found = find_latest_checkpoint(checkpoint or self.run_dir)
+        if found is None:
+            raise FileNotFoundError(f"no complete checkpoint under {checkpoint or self.run_dir}")
+        data = load_state(found, rank=self.accelerator.process_index)
+        state = data["trainer_state"]
+        if state.get("algorithm") not in (None, self.config.run.algorithm):
+            raise ConfigError(f"checkpoint {found} was written by {state['algorithm']!r}, not {self.config.run.algorithm!r}")
+        weights = data["weights"]
+        missing = [n for n in self.param_names if n not in weights]
+        if missing:
+            raise ConfigError(f"checkpoint {found} lacks trainable parameters, e.g. {missing[:3]}")
+        with torch.no_grad():
+            for name, param in zip(self.param_names, self.params):
+                param.copy_(weights[name])
+        self.optimizer.load_state_dict(data["optimizer"])
+        self.lr_scheduler.load_state_dict(data["scheduler"])
+        if self.ema is not None and data.get("ema") is not None:
+            self.ema.load_state_dict(data["ema"])
+        if data.get("algorithm"):
+            self.algorithm.load_state_dict(data["algorithm"])
+        self.prompt_sampler.load_state_dict(state["prompt_sampler"])
+        self.normalizer.load_state_dict(state["normalizer"])
+        self.epoch = state["epoch"]
+        self.global_step = state["global_step"]
+        self.consecutive_bad_steps = state["consecutive_bad_steps"]
+        self.accelerator.step = state.get("accelerator_step", 0)
+        self.history = list(state.get("history", []))
+        if "rng" in data:
+            restore_rng_state(data["rng"])
+        self._print(f"resumed from {found} (epoch {self.epoch}, optimizer step {self.global_step})")
+        return found
+
+    def save_final(self) -> Path:
+        """``final/``: a diffusers-loadable LoRA (``pytorch_lora_weights.safetensors``) or the trained weights."""
+        final = self.run_dir / "final"
+        if self._is_main():
+            with self.ema_weights() if self.config.eval.use_ema else contextlib.nullcontext():
+                if self.config.model.lora:
+                    self.adapter.save_lora(final)
+                else:
+                    from safetensors.torch import save_file
+
+                    final.mkdir(parents=True, exist_ok=True)
+                    save_file({k: v.to("cpu", torch.float32).contiguous() for k, v in self.trainable_state_dict().items()},
+                              str(final / "denoiser.safetensors"))
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def close(self) -> None:
+        if self.accelerator.log_with and self._trackers_started:
+            self.accelerator.end_training()
+
+
+def _gathered(accelerator, values: torch.Tensor) -> tuple[torch.Tensor, int]:
+    if accelerator.num_processes > 1:
+        values = accelerator.gather(values.float())
+    return values.float().cpu(), values.shape[0]
+
+
+class DDPOTrainer(Trainer):
+    """DDPO (see :mod:`diffalign.training.algorithms.ddpo`)."""
+
+    algorithm_name = "ddpo"
+
+
+class FlowGRPOTrainer(Trainer):
+    """Flow-GRPO (see :mod:`diffalign.training.algorithms.flow_grpo`)."""
+
+    algorithm_name = "flow_grpo"
+
+
+class AWMTrainer(Trainer):
+    """AWM (see :mod:`diffalign.training.algorithms.awm`)."""
+
+    algorithm_name = "awm"
