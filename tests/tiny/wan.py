@@ -17,8 +17,9 @@ def build_wan(path: Path) -> None:
     text_dim = 32
     tokenizer = text.t5_tokenizer(path / "tokenizer")
     torch.manual_seed(3)
+    # base_dim 8: a 3-channel base decodes almost every latent to flat grey, hiding what the sampler did
     vae = AutoencoderKLWan(
-        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+        base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
     ).eval()
     torch.manual_seed(4)
     transformer = WanTransformer3DModel(
