@@ -50,6 +50,9 @@ _IOU_MARGIN = 0.04  # best minus second-best IoU at which the shape is unambiguo
 _EDGE_WIDTHS = (1.0, 2.0, 3.5)  # pixels; 1 = a crisp antialiased render
 _RIM = 2  # pixels around a component that still carry its blurred or antialiased edge
 _ALPHA_SOFT_FLOOR = 0.15  # blend fractions below it count as background (noise), above 1 - it as solid
+_BACKGROUND_TOLERANCE = 0.25  # RGB distance to the border colour that still counts as background
+_MIN_BACKGROUND_SHARE = 0.3  # scenes with less background than this yield no confident detection
+_CLEAN_BACKGROUND_SHARE = 0.55  # ShapesWorld scenes are >= ~70 % background
 # a second colour covering this share of a region marks two touching objects, not a smeared edge
 _MIXED_SHARE = 0.3
 
@@ -272,7 +275,11 @@ def detect_batch(images: torch.Tensor, config: JudgeConfig = DEFAULT_CONFIG) -> 
     shape_conf = ((best_iou - _IOU_FLOOR) / (_IOU_CLEAN - _IOU_FLOOR)).clamp(0, 1)
     shape_conf = shape_conf * ((best_iou - runner_up) / _IOU_MARGIN).clamp(0, 1)  # ambiguous blobs are no shape
     colour_conf = (1 - (mean_residual[kept] / config.max_residual) ** 2).clamp(0, 1)
-    confidence = shape_conf * colour_conf
+    # a ShapesWorld image is mostly background; where little of it is near the border colour, the
+    # "objects" are patches of a busy or garbage image, not shapes on a canvas
+    background_share = (offset.norm(dim=1) < _BACKGROUND_TOLERANCE).float().mean((-1, -2))  # B
+    scene_conf = ((background_share - _MIN_BACKGROUND_SHARE) / (_CLEAN_BACKGROUND_SHARE - _MIN_BACKGROUND_SHARE)).clamp(0, 1)
+    confidence = shape_conf * colour_conf * scene_conf[comp_batch[kept]]
 
     half = fit_side / 2
     rows = torch.stack(
