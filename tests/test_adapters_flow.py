@@ -234,32 +234,16 @@ def test_flux_guidance_is_a_model_input(flow_adapter):
 
 
 # ------------------------------------------------------------------------------------------ LoRA
-@pytest.mark.parametrize("kind", FLOW_KINDS)
-def test_lora_round_trip_with_stock_diffusers_and_reference(tiny_model, kind, tmp_path):
-    from diffusers import DiffusionPipeline
-
+# The save_lora -> stock ``load_lora_weights`` round trip and ``reference()`` run for every family in
+# tests/test_adapters.py; here only the flow-specific targets.
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_lora_targets_both_mmdit_streams(tiny_model, kind):
     adapter = load(str(tiny_model(kind)))
-    adapter.pipe.set_progress_bar_config(disable=True)
-    base_media = _pipeline_media(adapter.pipe, kind, steps=2, seed=11)
-    adapter.add_lora(rank=4)
-    generator = torch.Generator().manual_seed(12)
-    with torch.no_grad():
-        for name, param in adapter.trainable_denoiser.named_parameters():
-            if "lora_B" in name:
-                param.copy_(0.2 * torch.randn(param.shape, generator=generator))
-    assert adapter.trainable_parameters()
-    tuned = adapter.sample(PROMPTS, steps=2, generator=torch.Generator().manual_seed(11), **SETTINGS[kind]).media
-    assert (tuned - base_media).abs().max() > 1e-3  # the perturbed LoRA changes the samples
-
-    adapter.save_lora(tmp_path / "lora")
-    stock = DiffusionPipeline.from_pretrained(str(tiny_model(kind)))
-    stock.set_progress_bar_config(disable=True)
-    stock.load_lora_weights(str(tmp_path / "lora"))
-    assert (tuned - _pipeline_media(stock, kind, steps=2, seed=11)).abs().max() <= 1e-4
-
-    with adapter.reference():
-        reference = adapter.sample(PROMPTS, steps=2, generator=torch.Generator().manual_seed(11), **SETTINGS[kind]).media
-    assert (reference - base_media).abs().max() <= 1e-4
+    adapter.add_lora(rank=2)
+    trained = {n for n, p in adapter.trainable_denoiser.named_parameters() if p.requires_grad}
+    for module in ("attn.to_q", "attn.to_out.0", "attn.add_q_proj", "attn.to_add_out"):
+        assert any(f"{module}.lora_A" in n for n in trained), module  # image and text streams
+    assert all(".lora_" in n for n in trained)
 
 
 # ------------------------------------------------------------------------------------- inversion
