@@ -95,7 +95,8 @@ def _shapes(tasks: Sequence[str] | None = None, **options) -> PromptSource:
         raise ValueError("prompt source 'shapes' needs diffalign.shapes (ShapesWorld), which is not installed") from err
 
     def draw(n: int, seed: int) -> list[str]:
-        return list(sample_prompts(n, seed=seed, tasks=tasks, **options) if tasks else sample_prompts(n, seed=seed, **options))
+        rows = sample_prompts(n, seed=seed, tasks=tasks, **options) if tasks else sample_prompts(n, seed=seed, **options)
+        return [row["prompt"] if isinstance(row, dict) else str(row) for row in rows]
 
     return CallableSource(draw, name="shapes")
 

@@ -73,9 +73,12 @@ def recipe_path(recipe: str | Path) -> Path:
     shipped = importlib.resources.files("diffalign.training") / "recipes" / name
     if shipped.is_file():
         return Path(str(shipped))
-    known = sorted(p.name[:-5] for p in (importlib.resources.files("diffalign.training") / "recipes").iterdir()
-                   if p.name.endswith(".toml"))
-    raise ConfigError(f"recipe {recipe!r} is neither a file nor a shipped recipe; shipped: {', '.join(known)}")
+    raise ConfigError(f"recipe {recipe!r} is neither a file nor a shipped recipe; shipped: {', '.join(shipped_recipes())}")
+
+
+def shipped_recipes() -> list[str]:
+    folder = importlib.resources.files("diffalign.training") / "recipes"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
 def _available_trackers(names: Sequence[str]) -> list[str]:

@@ -1,0 +1,53 @@
+"""``diffalign train RECIPE [--set section.key=value ...] [--resume [RUN_DIR]] [--out DIR]``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", nargs="?", help="a TOML recipe file or the name of a shipped recipe (e.g. awm_shapes)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one config value (repeatable), e.g. --set train.learning_rate=1e-4")
+    parser.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN_DIR",
+                        help="resume from the newest checkpoint of RUN_DIR (default: the run folder)")
+    parser.add_argument("--out", default=None, help="run folder (default: run.output_dir/run.name)")
+    parser.add_argument("--list", action="store_true", help="list the shipped recipes and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    from diffalign.config import ConfigError
+
+    from .trainer import Trainer, TrainingDivergedError, recipe_path, shipped_recipes
+
+    if args.list:
+        print("\n".join(shipped_recipes()))
+        return 0
+    recipe = args.recipe
+    run_dir = args.out
+    if args.resume:
+        run_dir = run_dir or args.resume
+        if recipe is None:
+            saved = Path(args.resume) / "config.toml"
+            if not saved.exists():
+                print(f"diffalign train: {args.resume} has no config.toml; give the recipe too", file=sys.stderr)
+                return 2
+            recipe = str(saved)
+    if recipe is None:
+        print("diffalign train: give a recipe (a .toml file or a shipped name; --list shows them)", file=sys.stderr)
+        return 2
+    try:
+        trainer = Trainer(recipe_path(recipe), overrides=args.overrides, run_dir=run_dir)
+        if args.resume is not None:
+            trainer.resume(args.resume or None)
+        trainer.train()
+        trainer.close()
+    except ConfigError as err:
+        print(f"diffalign train: config error: {err}", file=sys.stderr)
+        return 2
+    except TrainingDivergedError as err:
+        print(f"diffalign train: {err}", file=sys.stderr)
+        return 3
+    print(f"run folder: {trainer.run_dir}")
+    return 0
