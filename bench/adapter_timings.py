@@ -1,0 +1,74 @@
+"""Time every registered adapter family on its tiny test model (CPU, fp32).
+
+For each kind in ``tests.tiny.BUILDERS`` whose builder and adapter exist: deterministic sampling of
+4 prompts × 10 steps (CFG 1, decoded), and one ``step_log_prob`` call on a stochastic rollout.
+Median of ``--repeats`` runs after one warm-up. Run from the repository root::
+
+    python bench/adapter_timings.py [--repeats 3] [--kinds sd15 sdxl]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from diffalign.pipelines import UnsupportedPipelineError, load  # noqa: E402
+from tests import tiny  # noqa: E402
+
+PROMPTS = ["a red circle", "two green cats", "a blue square below a star", "a small dog on the beach"]
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--kinds", nargs="*", default=sorted(tiny.BUILDERS))
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {len(PROMPTS)} prompts × {args.steps} steps")
+    print(f"{'kind':<10} {'adapter':<28} {'sample (s)':>10} {'step_log_prob (s)':>18}")
+    with tempfile.TemporaryDirectory() as scratch:
+        for kind in args.kinds:
+            try:
+                adapter = load(tiny.build(kind, Path(scratch) / kind))
+            except (ModuleNotFoundError, UnsupportedPipelineError) as err:
+                print(f"{kind:<10} skipped: {err}")
+                continue
+            adapter.pipe.set_progress_bar_config(disable=True)
+
+            def sample():
+                return adapter.sample(PROMPTS, args.steps, 1.0, generator=torch.Generator().manual_seed(0))
+
+            rollout = adapter.sample(PROMPTS, args.steps, 1.0, generator=torch.Generator().manual_seed(0),
+                                     stochastic=True, decode=False)
+
+            def rescore():
+                return adapter.step_log_prob(rollout, args.steps // 2)
+
+            sample_s = _median_seconds(sample, args.repeats)
+            rescore_s = _median_seconds(rescore, args.repeats)
+            print(f"{kind:<10} {type(adapter).__name__:<28} {sample_s:>10.3f} {rescore_s:>18.4f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
