@@ -120,7 +120,7 @@ def test_step_log_prob_returns_mean_and_std_and_has_gradients(flow_adapter):
     sigma, sigma_next, sigma_max = (float(s) for s in (rollout.sigmas[0], rollout.sigmas[1], rollout.sigmas[1]))
     expected_std = 0.7 * math.sqrt(sigma / (1 - sigma_max)) * math.sqrt(sigma - sigma_next)
     assert torch.allclose(std, torch.full_like(std, expected_std))
-    torch.testing.assert_close(rollout.latents[:, 1].float(), mean + std * 0, atol=5 * expected_std, rtol=0)
+    assert (rollout.latents[:, 1] - mean).abs().max() < 6 * expected_std  # the stored draw is near its mean
     denoiser = adapter.trainable_denoiser
     denoiser.requires_grad_(True)
     try:
