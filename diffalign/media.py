@@ -100,6 +100,14 @@ def load_video(path: str | Path, max_frames: int | None = None, every: int = 1) 
     return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255.0
 
 
+def even_frames(video: torch.Tensor, count: int | None) -> torch.Tensor:
+    """At most ``count`` evenly spaced frames of a ``T×3×H×W`` video (first and last kept)."""
+    frames = video.shape[0]
+    if not count or frames <= count:
+        return video
+    return video[torch.linspace(0, frames - 1, count).round().long()]
+
+
 def save_image(image: torch.Tensor, path: str | Path) -> Path:
     """Write one ``3×H×W`` image to ``path`` (format from the suffix)."""
     path = Path(path)

@@ -38,7 +38,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-from diffalign.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, MediaError, expand_paths, load_image, load_video
+from diffalign.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, MediaError, even_frames, expand_paths, load_image, load_video
 from diffalign.scorers.base import Scorer, load
 
 logger = logging.getLogger(__name__)
@@ -189,7 +189,6 @@ def _prompt_table(prompts: str | Path | Mapping[str, str] | PromptTable | None) 
 # -- media ----------------------------------------------------------------------------------------
 def load_media(path: Path, video_frames: int | None = None) -> tuple[str, torch.Tensor]:
     """``("image", 3×H×W)`` or ``("video", T×3×H×W)``; MediaError naming the file if unusable."""
-    from diffalign.scorers.critic import even_frames
 
     suffix = path.suffix.lower()
     if suffix not in MEDIA_SUFFIXES:

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import torch
 
-from diffalign.media import check_media
+from diffalign.media import check_media, even_frames
 from diffalign.scorers.base import Prompts, Scorer, register_scorer
 from diffalign.scorers.critic_backends import (
     CriticBackend,
@@ -95,14 +95,6 @@ class CriticResult:
     def exact(self) -> bool:
         """True when every probability came from logits or log-probabilities, none from parsed text."""
         return all(source in ("logits", "logprobs") for source in self.sources)
-
-
-def even_frames(video: torch.Tensor, count: int | None) -> torch.Tensor:
-    """At most ``count`` evenly spaced frames of a ``T×3×H×W`` video (first and last kept)."""
-    frames = video.shape[0]
-    if not count or frames <= count:
-        return video
-    return video[torch.linspace(0, frames - 1, count).round().long()]
 
 
 @register_scorer("critic")

@@ -17,7 +17,8 @@ from PIL import Image
 
 from diffalign import scorers
 from diffalign.media import to_uint8
-from diffalign.scorers.critic import DEFAULT_TEMPLATES, CriticTemplates, MLLMCritic, even_frames
+from diffalign.media import even_frames
+from diffalign.scorers.critic import DEFAULT_TEMPLATES, CriticTemplates, MLLMCritic
 from diffalign.scorers.critic_backends import CriticEndpointError
 from tests.tiny.vlm import build_qwen2_vl
 
