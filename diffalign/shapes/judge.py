@@ -8,13 +8,18 @@
    the smallest residual ``|p - b - α (c - b)|`` among colours with ``α ≥ min_alpha``; it is
    foreground when that residual is below ``max_residual``. Antialiased and blurred edges therefore
    keep their object's colour instead of drifting to a neighbouring one.
-3. Connected components (4-connected, same colour) by label propagation with pointer jumping.
-4. Components too small, too large or too elongated are dropped (noise specks, stray background).
-5. The shape is the best soft-IoU match between the component's mask, resampled over its box to
-   ``R×R``, and each shape's template drawn by the ShapesWorld renderer itself
-   (:func:`diffalign.shapes.world.shape_template`), so adding a shape to the world extends the judge.
-6. ``confidence`` = shape evidence (best IoU) × colour evidence (mean residual): ~1 on clean
-   renders, low on blobs and off-palette smears.
+3. Connected foreground regions (4-connected, label propagation with pointer jumping). A region
+   takes its majority colour (JPEG chroma and blur smear edges into neighbouring colours), unless
+   a second colour holds a real share of it (two touching objects): then it is split by colour.
+4. Regions too small, too large or too elongated are dropped (noise specks, stray background).
+5. Shape by analysis by synthesis: for each shape, the box side follows from the region's soft
+   mass (``side = sqrt(mass / fill)``) and its centre from the centroid; the shape is drawn there
+   with the world's own geometry (:func:`diffalign.shapes.world.shape_sdf`) at a few edge widths
+   (unknown blur) and compared with the soft mask by soft IoU; the best shape wins. Mass and
+   centroid survive blur and noise, and adding a shape to the world extends the judge.
+6. ``confidence`` = shape evidence (best IoU, and its margin over the runner-up) × colour evidence
+   (mean residual) × scene evidence (share of the image near the background colour): ~1 on clean
+   renders, low on ambiguous blobs, off-palette smears and busy garbage images.
 
 **Verdict** (:func:`judge`), GenEval's ``evaluate_images.py`` rules:
 
