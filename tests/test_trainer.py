@@ -173,7 +173,7 @@ def test_reward_rises_on_held_out_prompts(tiny_model, tmp_path, algorithm, kind)
         "run": {"epochs": 12, "checkpoint_every": 0},
         "model": {"lora_targets": ["to_q", "to_k", "to_v", "to_out.0", "proj_out", "conv_out"], "lora_rank": 8},
         "sampling": {"batch_size": 16, "batches_per_epoch": 1, "group_size": 8},
-        "train": {"batch_size": 8, "learning_rate": 3e-3},
+        "train": {"batch_size": 8, "learning_rate": 1e-2},
         "eval": {"batch_size": 16, "stochastic": True},
         "prompts": {"num_eval": 16},
         "flow_grpo": {"kl_beta": 0.0},

@@ -138,7 +138,8 @@ class Trainer:
 
         self.accelerator = Accelerator(
             mixed_precision=run.mixed_precision,
-            cpu=run.cpu,
+            # without an accelerator, cpu=True is what lets accelerate form a multi-process (gloo) group
+            cpu=run.cpu or not (torch.cuda.is_available() or torch.backends.mps.is_available()),
             gradient_accumulation_steps=self.grad_accum,
             log_with=_available_trackers(run.log_with) or None,
             project_dir=str(self.run_dir),
