@@ -187,3 +187,19 @@ def test_reward_rises_on_held_out_prompts(tiny_model, tmp_path, algorithm, kind)
     end = trainer.evaluate()["eval/reward_mean"]
     print(f"{algorithm}/{kind}: held-out reward {start:.4f} -> {end:.4f}")
     assert end > start + 0.01
+
+
+def test_cli_trains_resumes_and_uses_the_scorer_registry(tiny_model, tmp_path):
+    from diffalign.cli import main
+    from diffalign.config import load_config, to_toml
+
+    recipe = tmp_path / "tiny.toml"
+    config = base_config("awm", tiny_model("sd15"), sampling={"stochastic": False}, reward={"spec": "jpeg_incompressibility"})
+    recipe.write_text(to_toml(load_config(config)))
+    run = tmp_path / "run"
+    assert main(["train", str(recipe), "--out", str(run), "--set", "run.epochs=1"]) == 0
+    assert find_latest_checkpoint(run).name == "epoch_000001"
+    assert main(["train", "--resume", str(run), "--set", "run.epochs=2"]) == 0
+    assert find_latest_checkpoint(run).name == "epoch_000002"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if "reward_mean" in r] == [1, 2]
