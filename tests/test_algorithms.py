@@ -94,7 +94,7 @@ def test_importance_ratio_is_one_before_the_first_update(tiny_model, tmp_path, a
 @pytest.mark.parametrize("algorithm", ["ddpo", "flow_grpo", "awm"])
 @pytest.mark.parametrize("kind", ["sd15", "sd3"])
 def test_every_algorithm_trains_on_both_families(tiny_model, tmp_path, algorithm, kind):
-    trainer = make_trainer(tiny_model, kind, algorithm, tmp_path, run={"epochs": 1}, sensitive=False,
+    trainer = make_trainer(tiny_model, kind, algorithm, tmp_path, run={"epochs": 1, "checkpoint_every": 0}, sensitive=False,
                            sampling={"guidance_scale": 2.0} if algorithm != "awm" else {})
     before = trainable(trainer)
     trainer.train()
