@@ -48,8 +48,16 @@ def test_tiny_run_writes_stock_pipelines(tmp_path):
     assert sd.vae.config.scaling_factor == pytest.approx(1 / stats["rms"])
 
 
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the pretraining command runs: tiny ops on a shared CPU
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("kind", M.MODEL_KINDS)
-def test_loss_decreases_on_a_fixed_batch(tmp_path, kind):
+def test_loss_decreases_on_a_fixed_batch(tmp_path, kind, one_thread):
     config = _tiny_config(tmp_path, lr=3e-3, warmup_steps=1)
     images, captions = P.make_data(config)
     P._check_config(config, resume=False)

@@ -97,7 +97,7 @@ TINY_SIZES = ModelSizes(
 #: default sampling settings per model kind (``diffalign_defaults.json``); timed on a 2-core CPU
 DEFAULT_SAMPLING: dict[str, dict[str, Any]] = {
     "sd": {"num_inference_steps": 20, "guidance_scale": 4.0},
-    "flow": {"num_inference_steps": 16, "guidance_scale": 4.0, "max_sequence_length": 256},
+    "flow": {"num_inference_steps": 12, "guidance_scale": 4.0, "max_sequence_length": 256},
 }
 
 
@@ -116,6 +116,7 @@ def build_autoencoder(sizes: ModelSizes) -> "torch.nn.Module":
         latent_channels=sizes.latent_channels,
         norm_num_groups=min(32, sizes.vae_channels[0]),
         sample_size=sizes.image_size,
+        shift_factor=0.0,  # set from the data by the pretraining; StableDiffusion3Pipeline needs a number
     )
 
 
