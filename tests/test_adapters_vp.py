@@ -153,7 +153,7 @@ def test_encode_decode_shapes_and_determinism(tiny_model, kind):
 INVERSION_TOLERANCE = {"sd15": 0.05, "sd2": 0.05, "cogvideox": 0.1}
 
 
-@pytest.mark.parametrize("kind", ["sd15", "sd2", pytest.param("cogvideox", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("kind", ["sd15", "sd2", "cogvideox"])
 def test_ddim_inversion_reconstructs_and_renoise_is_not_worse(tiny_model, kind):
     """Invert the result of a deterministic 30-step sample, sample again from the inverted noise."""
     adapter = _adapter(tiny_model, kind)
