@@ -58,8 +58,12 @@ def load(
     location = str(path or source)
     index = Path(location) / "model_index.json"
     if index.exists():  # fail fast on an unsupported class before loading any weights
-        class_name = json.loads(index.read_text())["_class_name"]
-        cls = adapter_class_for(class_name)
+        model_index = json.loads(index.read_text())
+        cls = adapter_class_for(model_index["_class_name"])
+        # components saved as null (e.g. SD3 without T5) must be passed as None to from_pretrained
+        for name, value in model_index.items():
+            if isinstance(value, list) and value and all(v is None for v in value):
+                from_pretrained_kwargs.setdefault(name, None)
     elif Path(location).exists():
         raise AdapterError(f"{location}: not a diffusers pipeline folder (no model_index.json)")
     else:
