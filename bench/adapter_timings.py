@@ -55,19 +55,27 @@ def main() -> int:
                 continue
             adapter.pipe.set_progress_bar_config(disable=True)
 
-            def sample():
-                return adapter.sample(PROMPTS, args.steps, 1.0, generator=torch.Generator().manual_seed(0))
-
-            rollout = adapter.sample(PROMPTS, args.steps, 1.0, generator=torch.Generator().manual_seed(0),
-                                     stochastic=True, decode=False)
-
-            def rescore():
-                return adapter.step_log_prob(rollout, args.steps // 2)
-
-            sample_s = _median_seconds(sample, args.repeats)
-            rescore_s = _median_seconds(rescore, args.repeats)
+            try:
+                sample_s, rescore_s = _time_family(adapter, args.steps, args.repeats)
+            except Exception as err:  # report the family and go on with the others
+                print(f"{kind:<10} {type(adapter).__name__:<28} failed: {type(err).__name__}: {err}", flush=True)
+                continue
             print(f"{kind:<10} {type(adapter).__name__:<28} {sample_s:>10.3f} {rescore_s:>18.4f}", flush=True)
     return 0
+
+
+def _time_family(adapter, steps: int, repeats: int) -> tuple[float, float]:
+    """Median seconds of a deterministic decoded sample and of one step_log_prob call."""
+
+    def sample():
+        return adapter.sample(PROMPTS, steps, 1.0, generator=torch.Generator().manual_seed(0))
+
+    rollout = adapter.sample(PROMPTS, steps, 1.0, generator=torch.Generator().manual_seed(0), stochastic=True, decode=False)
+
+    def rescore():
+        return adapter.step_log_prob(rollout, steps // 2)
+
+    return _median_seconds(sample, repeats), _median_seconds(rescore, repeats)
 
 
 if __name__ == "__main__":
