@@ -7,6 +7,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 import torch
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one intra-op thread per xdist worker: oversubscribed threads spin instead of working
+    torch.set_num_threads(1)
+
 from tests import tiny
 
 
