@@ -68,6 +68,18 @@ def slice_cond(cond: dict[str, Any], index) -> dict[str, Any]:
     }
 
 
+def negative_prompt_list(negative_prompts: Sequence[str] | str | None, batch: int) -> list[str] | None:
+    """``None``, one string for every sample, or one string per sample -> a list of ``batch`` strings."""
+    if negative_prompts is None:
+        return None
+    if isinstance(negative_prompts, str):
+        return [negative_prompts] * batch
+    negative_prompts = list(negative_prompts)
+    if len(negative_prompts) != batch or not all(isinstance(p, str) for p in negative_prompts):
+        raise AdapterError(f"negative_prompts must be a string or {batch} strings (one per prompt), got {negative_prompts!r}")
+    return negative_prompts
+
+
 def _expand_timestep(t: torch.Tensor | float | int, batch: int, device: torch.device) -> torch.Tensor:
     t = torch.as_tensor(t, device=device)
     if t.ndim == 0:

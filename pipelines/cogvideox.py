@@ -7,7 +7,7 @@ import torch
 
 from .base import AdapterError, Conditioning, Generator, PipelineAdapter, register_adapter
 from .diffusion import DiffusionProcess
-from .sd import negative_prompt_list
+from .base import negative_prompt_list
 
 
 @register_adapter

@@ -239,16 +239,11 @@ class FlowMatchingProcess:
         )
 
 
-def check_negative_prompts(negative_prompts: Sequence[str] | str | None, batch: int) -> list[str] | None:
-    """``None``, one string for all prompts, or one string per prompt -> a list of ``batch`` strings."""
-    if negative_prompts is None:
-        return None
-    if isinstance(negative_prompts, str):
-        return [negative_prompts] * batch
-    negative_prompts = list(negative_prompts)
-    if len(negative_prompts) != batch or not all(isinstance(p, str) for p in negative_prompts):
-        raise AdapterError(f"negative_prompts must be a string or {batch} strings (one per prompt)")
-    return negative_prompts
+#: LoRA targets of MMDiT joint attention (SD3, FLUX): both the image and the text stream, as Flow-GRPO
+JOINT_ATTENTION_LORA_TARGETS = (
+    "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
+    "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
+)
 
 
 def kl_vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:

@@ -18,8 +18,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .base import AdapterError, Conditioning, Generator, PipelineAdapter, register_adapter
-from .flow import FlowMatchingProcess, check_negative_prompts, kl_vae_decode, kl_vae_encode
+from .base import AdapterError, Conditioning, Generator, PipelineAdapter, negative_prompt_list, register_adapter
+from .flow import JOINT_ATTENTION_LORA_TARGETS, FlowMatchingProcess, kl_vae_decode, kl_vae_encode
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +31,7 @@ class FluxAdapter(FlowMatchingProcess, PipelineAdapter):
     pipeline_classes = ("FluxPipeline",)
     denoiser_name = "transformer"
     distilled_guidance = True
-    lora_target_modules = (
-        "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
-        "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
-    )
+    lora_target_modules = JOINT_ATTENTION_LORA_TARGETS
 
     #: T5 tokens (the pipeline's default)
     max_sequence_length: int = 512
@@ -44,7 +41,7 @@ class FluxAdapter(FlowMatchingProcess, PipelineAdapter):
         self, prompts: Sequence[str], negative_prompts: Sequence[str] | str | None = None, do_cfg: bool = True
     ) -> Conditioning:
         prompts = self._check_prompts(prompts)
-        if check_negative_prompts(negative_prompts, len(prompts)) is not None:
+        if negative_prompt_list(negative_prompts, len(prompts)) is not None:
             logger.warning("FLUX is guidance-distilled: negative prompts are ignored")
         embeds, pooled, _ = self.pipe.encode_prompt(
             prompt=prompts, prompt_2=None, device=self.device, max_sequence_length=self.max_sequence_length

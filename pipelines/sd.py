@@ -6,22 +6,10 @@ from typing import Any, Sequence
 
 import torch
 
-from .base import AdapterError, Conditioning, Generator, PipelineAdapter, register_adapter
+from .base import AdapterError, Conditioning, Generator, PipelineAdapter, negative_prompt_list, register_adapter
 from .diffusion import DiffusionProcess
 
 logger = logging.getLogger(__name__)
-
-
-def negative_prompt_list(negative_prompts: Sequence[str] | str | None, batch: int) -> list[str] | None:
-    """``None``, one string for every sample, or one string per sample -> a list of ``batch`` strings."""
-    if negative_prompts is None:
-        return None
-    if isinstance(negative_prompts, str):
-        return [negative_prompts] * batch
-    negative_prompts = list(negative_prompts)
-    if len(negative_prompts) != batch or not all(isinstance(p, str) for p in negative_prompts):
-        raise AdapterError(f"negative_prompts must be a string or {batch} strings (one per prompt), got {negative_prompts!r}")
-    return negative_prompts
 
 
 @register_adapter

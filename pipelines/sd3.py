@@ -10,8 +10,8 @@ from typing import Any, Sequence
 
 import torch
 
-from .base import AdapterError, Conditioning, Generator, PipelineAdapter, register_adapter
-from .flow import FlowMatchingProcess, check_negative_prompts, kl_vae_decode, kl_vae_encode
+from .base import AdapterError, Conditioning, Generator, PipelineAdapter, negative_prompt_list, register_adapter
+from .flow import JOINT_ATTENTION_LORA_TARGETS, FlowMatchingProcess, kl_vae_decode, kl_vae_encode
 
 
 @register_adapter
@@ -21,10 +21,7 @@ class SD3Adapter(FlowMatchingProcess, PipelineAdapter):
     pipeline_classes = ("StableDiffusion3Pipeline",)
     denoiser_name = "transformer"
     #: Flow-GRPO's targets: joint-attention projections of both streams
-    lora_target_modules = (
-        "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
-        "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
-    )
+    lora_target_modules = JOINT_ATTENTION_LORA_TARGETS
 
     #: T5 tokens (the pipeline's default)
     max_sequence_length: int = 256
@@ -34,7 +31,7 @@ class SD3Adapter(FlowMatchingProcess, PipelineAdapter):
         self, prompts: Sequence[str], negative_prompts: Sequence[str] | str | None = None, do_cfg: bool = True
     ) -> Conditioning:
         prompts = self._check_prompts(prompts)
-        negative = check_negative_prompts(negative_prompts, len(prompts))
+        negative = negative_prompt_list(negative_prompts, len(prompts))
         embeds, neg_embeds, pooled, neg_pooled = self.pipe.encode_prompt(
             prompt=prompts, prompt_2=None, prompt_3=None, negative_prompt=negative,
             do_classifier_free_guidance=do_cfg, device=self.device, max_sequence_length=self.max_sequence_length,

@@ -6,7 +6,8 @@ from typing import Any, Sequence
 import torch
 
 from .base import Conditioning, register_adapter
-from .sd import StableDiffusionAdapter, negative_prompt_list
+from .base import negative_prompt_list
+from .sd import StableDiffusionAdapter
 
 
 @register_adapter

@@ -15,8 +15,8 @@ from typing import Any, Sequence
 
 import torch
 
-from .base import AdapterError, Conditioning, Generator, PipelineAdapter, register_adapter
-from .flow import FlowMatchingProcess, check_media, check_negative_prompts
+from .base import AdapterError, Conditioning, Generator, PipelineAdapter, negative_prompt_list, register_adapter
+from .flow import FlowMatchingProcess, check_media
 
 
 @register_adapter
@@ -43,7 +43,7 @@ class WanAdapter(FlowMatchingProcess, PipelineAdapter):
         self, prompts: Sequence[str], negative_prompts: Sequence[str] | str | None = None, do_cfg: bool = True
     ) -> Conditioning:
         prompts = self._check_prompts(prompts)
-        negative = check_negative_prompts(negative_prompts, len(prompts))
+        negative = negative_prompt_list(negative_prompts, len(prompts))
         embeds, neg_embeds = self.pipe.encode_prompt(
             prompt=prompts, negative_prompt=negative, do_classifier_free_guidance=do_cfg,
             max_sequence_length=self.max_sequence_length, device=self.device,
