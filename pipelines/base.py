@@ -110,6 +110,7 @@ class PipelineAdapter(ABC):
         self._reference_model: torch.nn.Module | None = None
         self._reference_active = False
         self.lora_config = None
+        self.lora_adapter_name = "default"
         for module in self._frozen_modules():
             module.requires_grad_(False)
 
@@ -429,7 +430,11 @@ class PipelineAdapter(ABC):
         dropout: float = 0.0,
         adapter_name: str = "default",
     ):
-        """Attach a peft LoRA adapter to the denoiser; base weights frozen, LoRA params kept in fp32."""
+        """Attach a peft LoRA adapter to the denoiser; base weights frozen, LoRA params kept in fp32.
+
+        The first adapter is the trained one. Later ones (an EMA anchor, a reference) are frozen and
+        the trained adapter stays active.
+        """
         from peft import LoraConfig
 
         if rank <= 0:
@@ -442,14 +447,21 @@ class PipelineAdapter(ABC):
             lora_dropout=dropout,
         )
         denoiser = self.trainable_denoiser
-        denoiser.requires_grad_(False)
+        primary = self.lora_config is None
+        if primary:
+            denoiser.requires_grad_(False)
         denoiser.add_adapter(config, adapter_name=adapter_name)
-        if adapter_name == "default" or self.lora_config is None:
-            self.lora_config = config
+        if primary:
+            self.lora_config, self.lora_adapter_name = config, adapter_name
+        else:  # an auxiliary adapter (e.g. AWM's EMA anchor): diffusers activates it; keep the trained one active
+            denoiser.set_adapter(self.lora_adapter_name)
         for name, param in denoiser.named_parameters():
             if "lora_" in name:
                 param.data = param.data.float()
-                param.requires_grad_(f".{adapter_name}." in name)
+                if f".{adapter_name}." in name:
+                    param.requires_grad_(primary)
+                elif f".{self.lora_adapter_name}." in name:
+                    param.requires_grad_(True)
         return config
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
@@ -479,6 +491,7 @@ class PipelineAdapter(ABC):
         """Load LoRA weights saved by :meth:`save_lora` (or any diffusers LoRA) onto the denoiser."""
         self.pipe.load_lora_weights(str(directory), adapter_name=adapter_name)
         self.lora_config = self.trainable_denoiser.peft_config[adapter_name]
+        self.lora_adapter_name = adapter_name
 
     # -------------------------------------------------------------------- memory
     def configure_memory(self, **options) -> None:

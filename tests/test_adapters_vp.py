@@ -194,3 +194,14 @@ def test_partial_inversion_stops_at_the_requested_step(tiny_model):
         adapter.invert(x0, conditioning, steps=10, renoise_iterations=-1)
     with pytest.raises(AdapterError, match="conditioning batch"):
         adapter.invert(x0[:1], conditioning, steps=10)
+
+
+def test_an_auxiliary_lora_adapter_is_frozen_and_leaves_the_trained_one_active(tiny_model):
+    adapter = _adapter(tiny_model, "sd15")
+    adapter.add_lora(rank=2)
+    adapter.add_lora(rank=2, adapter_name="ema")
+    denoiser = adapter.trainable_denoiser
+    assert list(denoiser.active_adapters()) == ["default"]
+    trainable = [name for name, p in denoiser.named_parameters() if p.requires_grad]
+    assert trainable and all(".default." in name for name in trainable)
+    assert any(".ema." in name for name, _ in denoiser.named_parameters())
