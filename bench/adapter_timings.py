@@ -67,10 +67,14 @@ def main() -> int:
 def _time_family(adapter, steps: int, repeats: int) -> tuple[float, float]:
     """Median seconds of a deterministic decoded sample and of one step_log_prob call."""
 
-    def sample():
-        return adapter.sample(PROMPTS, steps, 1.0, generator=torch.Generator().manual_seed(0))
+    size = tiny.SMALL_SAMPLE_SIZE.get(adapter.family, {})
 
-    rollout = adapter.sample(PROMPTS, steps, 1.0, generator=torch.Generator().manual_seed(0), stochastic=True, decode=False)
+    def sample():
+        return adapter.sample(PROMPTS, steps, 1.0, generator=torch.Generator().manual_seed(0), **size)
+
+    rollout = adapter.sample(
+        PROMPTS, steps, 1.0, generator=torch.Generator().manual_seed(0), stochastic=True, decode=False, **size
+    )
 
     def rescore():
         return adapter.step_log_prob(rollout, steps // 2)

@@ -13,7 +13,7 @@ import torch
 
 from diffalign.pipelines import ADAPTERS, AdapterError, UnsupportedPipelineError, load
 from diffalign.pipelines.samplers import LOG_SQRT_2PI
-from tests.tiny import BUILDERS
+from tests.tiny import BUILDERS, SMALL_SAMPLE_SIZE
 
 KINDS = sorted(BUILDERS)
 PROMPTS = ["a red circle above a blue square", "two green cats"]
@@ -59,7 +59,7 @@ def _pipeline_media(pipe, rollout, guidance_scale, seed, negative_prompts=None) 
 
 #: media size for families whose pipeline default is too large for CPU tests (Wan: 480×832, 81 frames, and
 #: no size in the model configs to derive a smaller one from)
-SMALL_SIZE = {"wan": {"height": 32, "width": 32, "num_frames": 5}}
+SMALL_SIZE = SMALL_SAMPLE_SIZE
 
 
 def _sample(adapter, guidance_scale=1.0, seed=0, **kwargs):

@@ -20,6 +20,9 @@ BUILDERS = {
     "wan": "wan:build_wan",
 }
 
+#: sampling sizes for kinds whose pipeline default is too large for a CPU (Wan: 480×832, 81 frames)
+SMALL_SAMPLE_SIZE = {"wan": {"height": 32, "width": 32, "num_frames": 5}}
+
 
 def build(kind: str, path: Path) -> Path:
     if kind not in BUILDERS:
