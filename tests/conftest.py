@@ -7,9 +7,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 import torch
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # one intra-op thread per xdist worker: oversubscribed threads spin instead of working
-    torch.set_num_threads(1)
+# Tiny models on a 2-core machine: one intra-op thread per test process. Oversubscribed threads
+# (two xdist workers x torch's default) spin instead of working, ~50x slower here.
+torch.set_num_threads(1)
 
 from tests import tiny
 

@@ -8,7 +8,7 @@ import torch
 
 from diffalign.training.algorithms.awm import GHUBER_EPS, awm_log_likelihood, stratified_indices
 from diffalign.training.algorithms.base import clipped_policy_loss
-from tests.test_trainer import _one_thread, make_trainer, trainable  # noqa: F401  (fixture re-used)
+from tests.test_trainer import make_trainer, trainable
 
 
 # ---------------------------------------------------------------------------------- pure math

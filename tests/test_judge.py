@@ -19,14 +19,6 @@ from diffalign.shapes import world
 from diffalign.shapes.world import COLORS, NUMBERS, RELATIONS, SHAPES, TASKS, GrammarError, make_metadata
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # 32 px images are small tensors: intra-op threads only add contention on a shared CPU
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def ground_truth():

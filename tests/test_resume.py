@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from diffalign.training.checkpoint import find_latest_checkpoint, list_checkpoints, write_checkpoint
-from tests.test_trainer import _one_thread, make_trainer, trainable  # noqa: F401  (fixture re-used)
+from tests.test_trainer import make_trainer, trainable
 
 CASES = {
     # DDPO: per-prompt history tracker, weight EMA, 2 updates per epoch

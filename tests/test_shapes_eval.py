@@ -16,13 +16,6 @@ from diffalign.shapes import world
 ROW_FIELDS = {"filename", "tag", "prompt", "correct", "score", "reason", "metadata", "details", "prompt_index", "sample_index", "seed"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 class BlankSampler:
     """Grey canvases, returned inside a Rollout like a real adapter's."""

@@ -22,14 +22,6 @@ from diffalign.training.checkpoint import find_latest_checkpoint, load_state
 PROMPTS = ["a red square", "a blue circle", "a green triangle", "two yellow squares"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models on a shared CPU: one intra-op thread is ~50x faster than oversubscribed threads
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def brightness(media: torch.Tensor, prompts) -> torch.Tensor:
     return media.float().mean(dim=tuple(range(1, media.ndim)))
