@@ -141,3 +141,19 @@ def test_awm_ema_adapter(tiny_model, tmp_path):
     for e, p in pairs:
         torch.testing.assert_close(e, 0.2 * ema_before[id(e)] + 0.8 * p)
     assert all(p.requires_grad for n, p in named.items() if ".default." in n and "lora_" in n)
+
+
+@pytest.mark.parametrize("algorithm", ["ddpo", "flow_grpo", "awm"])
+def test_timestep_fraction_is_validated_by_every_algorithm(algorithm):
+    from diffalign.config import ConfigError, load_config
+    from diffalign.training.algorithms import ALGORITHMS
+    from tests.test_trainer import base_config
+
+    stochastic = {"stochastic": algorithm != "awm"}
+    cls = ALGORITHMS.get(algorithm)
+    with pytest.raises(ConfigError, match=rf"{algorithm}.timestep_fraction must be in \(0, 1\], got 1.5"):
+        cls(load_config(base_config(algorithm, "unused", sampling=stochastic, **{algorithm: {"timestep_fraction": 1.5}})))
+    with pytest.raises(ConfigError, match=rf"int\(sampling.steps x {algorithm}.timestep_fraction\) = 0"):
+        cls(load_config(base_config(algorithm, "unused", sampling=stochastic, **{algorithm: {"timestep_fraction": 0.1}})))
+    assert cls(load_config(base_config(algorithm, "unused", sampling={**stochastic, "steps": 10},
+                                       **{algorithm: {"timestep_fraction": 0.5}}))).steps_from_fraction() == 5

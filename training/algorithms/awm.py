@@ -103,13 +103,8 @@ class AWM(Algorithm):
         c = self.cfg
         if c.train_timesteps < 1:
             raise ConfigError(f"awm.train_timesteps must be >= 1, got {c.train_timesteps}")
-        if not 0 < c.timestep_fraction <= 1:
-            raise ConfigError(f"awm.timestep_fraction must be in (0, 1], got {c.timestep_fraction}")
-        if c.time_sampling == "stratified" and self.last_index() < 2:
-            raise ConfigError(
-                "awm: int(sampling.steps x awm.timestep_fraction) must be >= 2 to leave a training index "
-                f"after the pure-noise one (got {self.last_index()})"
-            )
+        # stratified sampling needs an index after the pure-noise one (index 0)
+        self.steps_from_fraction(minimum=2 if c.time_sampling == "stratified" else 1)
         if c.ghuber_power <= 0:
             raise ConfigError(f"awm.ghuber_power must be positive, got {c.ghuber_power}")
         if min(c.kl_beta, c.ema_beta) < 0:
@@ -118,7 +113,7 @@ class AWM(Algorithm):
             raise ConfigError("awm.ema_beta > 0 needs a second LoRA adapter: set model.lora = true or awm.ema_beta = 0")
 
     def last_index(self) -> int:
-        return int(self.config.sampling.steps * self.cfg.timestep_fraction)
+        return self.steps_from_fraction(minimum=0)
 
     def micro_steps_per_batch(self) -> int:
         return 1  # all K timesteps of a train batch go through one forward pass

@@ -152,6 +152,19 @@ class Algorithm:
         pass
 
     # --------------------------------------------------------------------- helpers
+    def steps_from_fraction(self, minimum: int = 1) -> int:
+        """``int(sampling.steps x [name].timestep_fraction)``, the trained (or last trained) step count;
+        raises :class:`ConfigError` naming the keys when the fraction is outside (0, 1] or the count < ``minimum``."""
+        fraction = self.cfg.timestep_fraction
+        if not 0 < fraction <= 1:
+            raise ConfigError(f"{self.name}.timestep_fraction must be in (0, 1], got {fraction}")
+        count = int(self.config.sampling.steps * fraction)
+        if count < minimum:
+            raise ConfigError(
+                f"int(sampling.steps x {self.name}.timestep_fraction) = {count}, must be >= {minimum}: raise either"
+            )
+        return count
+
     def generator(self, *tags: Any) -> torch.Generator:
         """A CPU generator seeded from the run seed and ``tags`` (identical on every rank for equal tags)."""
         from ..prompts import derive_seed

@@ -55,15 +55,12 @@ class DDPO(Algorithm):
 
     def validate(self) -> None:
         super().validate()
-        if not 0 < self.cfg.timestep_fraction <= 1:
-            raise ConfigError(f"ddpo.timestep_fraction must be in (0, 1], got {self.cfg.timestep_fraction}")
-        if self.num_train_timesteps() < 1:
-            raise ConfigError("ddpo.timestep_fraction x sampling.steps trains no step: raise either")
+        self.num_train_timesteps()
         if self.cfg.clip_range <= 0:
             raise ConfigError(f"ddpo.clip_range must be positive, got {self.cfg.clip_range}")
 
     def num_train_timesteps(self) -> int:
-        return int(self.config.sampling.steps * self.cfg.timestep_fraction)
+        return self.steps_from_fraction()
 
     def micro_steps_per_batch(self) -> int:
         return self.num_train_timesteps()

@@ -48,15 +48,12 @@ class FlowGRPO(Algorithm):
 
     def validate(self) -> None:
         super().validate()
-        if not 0 < self.cfg.timestep_fraction <= 1:
-            raise ConfigError(f"flow_grpo.timestep_fraction must be in (0, 1], got {self.cfg.timestep_fraction}")
-        if self.num_train_timesteps() < 1:
-            raise ConfigError("flow_grpo.timestep_fraction x sampling.steps trains no step: raise either")
+        self.num_train_timesteps()
         if self.cfg.kl_beta < 0:
             raise ConfigError(f"flow_grpo.kl_beta must be >= 0, got {self.cfg.kl_beta}")
 
     def num_train_timesteps(self) -> int:
-        return int(self.config.sampling.steps * self.cfg.timestep_fraction)
+        return self.steps_from_fraction()
 
     def micro_steps_per_batch(self) -> int:
         return self.num_train_timesteps()
