@@ -15,6 +15,7 @@ from typing import Any
 
 BENCHMARKS = {"shapes": "ShapesEval: GenEval's six tasks on ShapesWorld, judged exactly"}
 ORACLE = "oracle"
+FALLBACK_STEPS, FALLBACK_GUIDANCE = 20, 4.5
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -22,8 +23,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help=f"shipped model name (shapes-sd, shapes-flow), diffusers folder or hub id; '{ORACLE}' renders the ground truth")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/eval-BENCHMARK-MODEL-TIME)")
     parser.add_argument("--images-per-prompt", type=int, default=4, help="samples per prompt (default 4, as GenEval)")
-    parser.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
-    parser.add_argument("--guidance-scale", type=float, default=4.5, help="classifier-free guidance scale (default 4.5)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"sampler steps (default: the model's diffalign_defaults.json, else {FALLBACK_STEPS})")
+    parser.add_argument("--guidance-scale", type=float, default=None,
+                        help=f"classifier-free guidance scale (default: the model's diffalign_defaults.json, else {FALLBACK_GUIDANCE})")
     parser.add_argument("--seed", type=int, default=42, help="base seed; every image has its own seed derived from it")
     parser.add_argument("--batch-size", type=int, default=16, help="images per sampler call")
     parser.add_argument("--max-prompts-per-task", "--subset", dest="max_prompts_per_task", type=int, default=None, help="quick run: only the first N prompts of each task")
@@ -32,6 +35,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     parser.add_argument("--no-images", action="store_true", help="do not write every sample as PNG (results and grid only)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def model_sampling_defaults(model: str) -> dict[str, Any]:
+    """The sampling defaults a ShapesWorld model folder ships (``diffalign_defaults.json``), else {}."""
+    from diffalign.pipelines import shipped_model_path
+    from diffalign.shapes.models import read_defaults
+
+    folder = shipped_model_path(model) if not Path(model).is_dir() else Path(model)
+    return read_defaults(folder) if folder is not None else {}
 
 
 def _sampler(model: str, device: str | None) -> Any:
@@ -56,13 +68,16 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         print(f"diffalign eval: cannot load model {args.model!r}: {err}", file=sys.stderr)
         return 2
+    defaults = model_sampling_defaults(args.model) if args.model != ORACLE else {}
+    steps = args.steps if args.steps is not None else defaults.get("num_inference_steps", FALLBACK_STEPS)
+    guidance = args.guidance_scale if args.guidance_scale is not None else defaults.get("guidance_scale", FALLBACK_GUIDANCE)
     try:
         summary = run_shapes_eval(
             sampler,
             out,
             images_per_prompt=args.images_per_prompt,
-            steps=args.steps,
-            guidance_scale=args.guidance_scale,
+            steps=steps,
+            guidance_scale=guidance,
             seed=args.seed,
             batch_size=args.batch_size,
             max_prompts_per_task=args.max_prompts_per_task,
