@@ -10,7 +10,8 @@
    autoencoder's latents, replacing 10% of captions by ``""`` (the pipelines' negative prompt) so
    classifier-free guidance works.
 
-   * ``sd``: epsilon prediction under DDPM's linear betas, ``L = ||eps - eps_theta(x_t, t, c)||²``.
+   * ``sd``: epsilon prediction under Stable Diffusion's betas, ``L = w(t) ||eps - eps_theta(x_t, t, c)||²``
+     with Min-SNR-gamma weights ``w(t) = min(SNR(t), gamma) / SNR(t)``.
    * ``flow``: rectified flow, ``x_sigma = (1 - sigma) x_0 + sigma eps`` with logit-normal ``sigma``
      (SD3), ``L = ||(eps - x_0) - v_theta(x_sigma, 1000 sigma, c)||²``.
 
@@ -72,6 +73,7 @@ class PretrainConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
     cond_dropout: float = 0.1
+    min_snr_gamma: float | None = 5.0  # Min-SNR-gamma loss weighting of the epsilon model (Hang et al. 2023)
     grad_clip: float = 1.0
     checkpoint_every: int = 250
     float16_storage: bool = True
@@ -270,7 +272,12 @@ class DenoiserStage(Stage):
             t = torch.randint(scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator).to(self.device)
             x_t = scheduler.add_noise(x0, noise, t)
             prediction = denoiser(x_t, t, **cond).sample
-            return F.mse_loss(prediction, noise)
+            per_sample = (prediction - noise).pow(2).flatten(1).mean(dim=1)
+            if self.config.min_snr_gamma:
+                alpha_bar = scheduler.alphas_cumprod.to(self.device)[t]
+                snr = alpha_bar / (1 - alpha_bar)
+                per_sample = per_sample * snr.clamp(max=self.config.min_snr_gamma) / snr
+            return per_sample.mean()
         sigma = torch.sigmoid(torch.randn(x0.shape[0], generator=generator)).to(self.device)  # logit-normal(0, 1)
         s = sigma.view(-1, 1, 1, 1)
         x_t = (1 - s) * x0 + s * noise
