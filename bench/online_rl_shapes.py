@@ -1,0 +1,143 @@
+"""DDPO vs Flow-GRPO vs AWM on ShapesWorld, side by side: time to reach a held-out reward target.
+
+Every algorithm starts from the same shipped model (``--model``, default ``shapes-flow``: the
+algorithms are family-agnostic, so all three run on it and only the algorithm differs), uses its
+own shipped ``*_shapes`` recipe, and is evaluated after every epoch on the same held-out prompts
+with fixed noise, with the sampler settings its recipe evaluates with (AWM trains and evaluates
+without CFG, Flow-GRPO and DDPO with it) unless ``--eval-guidance``/``--eval-steps`` force common
+ones. The clock counts training time only (sampling rollouts + updates), not the evaluations.
+
+The target is each run's own start (held-out judge score of the base model under its evaluation
+settings) plus ``--target-gain``, or the absolute ``--target`` if given. Reported: wall seconds and epochs to reach it, and ratios against
+Flow-GRPO (the AWM paper's headline comparison: AWM reaches Flow-GRPO's reward faster).
+
+    python bench/online_rl_shapes.py --epochs 12 --target-gain 0.05
+    python bench/online_rl_shapes.py --algorithms awm flow_grpo --model shapes-sd
+
+Writes ``OUT/results.json``, ``OUT/results.md`` and ``OUT/curves.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ALGORITHMS = ("ddpo", "flow_grpo", "awm")
+
+
+def run_algorithm(algorithm: str, args: argparse.Namespace, out: Path) -> dict:
+    from diffalign.training.trainer import Trainer
+
+    overrides = [
+        f"run.epochs={args.epochs}", f"run.seed={args.seed}", f"model.source={args.model}", "eval.at_start=false",
+        "eval.every=0", "run.checkpoint_every=0", "run.progress=false", "run.log_with=",
+        f"prompts.num_eval={args.num_eval}",
+        *([f"eval.steps={args.eval_steps}"] if args.eval_steps else []),
+        *([f"eval.guidance_scale={args.eval_guidance}"] if args.eval_guidance is not None else []),
+        *args.set,
+    ]
+    trainer = Trainer(f"{algorithm}_shapes", overrides=overrides, run_dir=out / algorithm)
+    e = trainer.config.eval
+    settings = {"eval_steps": e.steps, "eval_guidance": e.guidance_scale}
+    curve = [(0, 0.0, trainer.evaluate(save_grid=False)["eval/reward_mean"])]
+    print(f"[{algorithm}] epoch 0: held-out reward {curve[0][2]:.4f}", flush=True)
+    train_seconds = 0.0
+    for epoch in range(1, args.epochs + 1):
+        started = time.perf_counter()
+        # one more than run: the loop's own end-of-run evaluation never lands inside the clock
+        trainer.train(epochs=args.epochs + 1, stop_after=1)
+        train_seconds += time.perf_counter() - started
+        reward = trainer.evaluate(save_grid=False)["eval/reward_mean"]
+        curve.append((epoch, train_seconds, reward))
+        print(f"[{algorithm}] epoch {epoch}: held-out reward {reward:.4f} after {train_seconds:.1f} s of training", flush=True)
+    trainer.close()
+    return {"algorithm": algorithm, "curve": curve, **settings}
+
+
+def time_to_target(curve: list[tuple[int, float, float]], target: float) -> tuple[int | None, float | None]:
+    for epoch, seconds, reward in curve[1:]:
+        if reward >= target:
+            return epoch, seconds
+    return None, None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=list(ALGORITHMS))
+    parser.add_argument("--model", default="shapes-flow")
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--num-eval", type=int, default=32, help="held-out prompts")
+    parser.add_argument("--eval-steps", type=int, default=None, help="default: each recipe's eval.steps")
+    parser.add_argument("--eval-guidance", type=float, default=None, help="default: each recipe's eval.guidance_scale")
+    parser.add_argument("--target", type=float, default=None, help="absolute held-out reward target")
+    parser.add_argument("--target-gain", type=float, default=0.05, help="target = each run's starting held-out reward + gain")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every recipe")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-online-rl"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    runs = [run_algorithm(a, args, args.out) for a in args.algorithms]
+    for run in runs:
+        run["start"] = run["curve"][0][2]
+        run["final"] = run["curve"][-1][2]
+        run["target"] = args.target if args.target is not None else run["start"] + args.target_gain
+        run["epochs_to_target"], run["seconds_to_target"] = time_to_target(run["curve"], run["target"])
+        run["seconds_per_epoch"] = run["curve"][-1][1] / args.epochs
+    reference = next((r for r in runs if r["algorithm"] == "flow_grpo"), None)
+    lines = [
+        f"# Online RL on ShapesWorld ({args.model}): time to a held-out judge-score target",
+        "",
+        f"{args.epochs} epochs each, {args.num_eval} held-out prompts, training time only, {args.threads} CPU thread(s); "
+        + (f"target {args.target}." if args.target is not None else f"target: start + {args.target_gain}."),
+        "",
+        "| algorithm | eval steps / CFG | start | target | final | epochs to target | s to target | s/epoch | time vs Flow-GRPO |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        ratio = "n/a"
+        if reference and reference["seconds_to_target"] and run["seconds_to_target"]:
+            run["time_ratio_vs_flow_grpo"] = run["seconds_to_target"] / reference["seconds_to_target"]
+            ratio = f"{run['time_ratio_vs_flow_grpo']:.2f}x"
+        fmt = lambda v, spec: "not reached" if v is None else format(v, spec)  # noqa: E731
+        lines.append(f"| {run['algorithm']} | {run['eval_steps']} / {run['eval_guidance']} | {run['start']:.3f} "
+                     f"| {run['target']:.3f} | {run['final']:.3f} | {fmt(run['epochs_to_target'], 'd')} "
+                     f"| {fmt(run['seconds_to_target'], '.1f')} | {run['seconds_per_epoch']:.1f} | {ratio} |")
+    table = "\n".join(lines) + "\n"
+    (args.out / "results.md").write_text(table)
+    (args.out / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                       "runs": runs}, indent=2) + "\n")
+    _plot(runs, args.out / "curves.png")
+    print(table)
+    return 0
+
+
+def _plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for run in runs:
+        _, seconds, rewards = zip(*run["curve"])
+        line, = ax.plot(seconds, rewards, marker="o", label=run["algorithm"])
+        ax.axhline(run["target"], color=line.get_color(), linestyle="--", linewidth=0.8)
+    ax.set_xlabel("training seconds (CPU)")
+    ax.set_ylabel("held-out judge score")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

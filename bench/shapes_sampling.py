@@ -1,0 +1,66 @@
+"""Sampling time of the shipped ShapesWorld models at their default settings (16 images).
+
+Times the stock diffusers pipeline (``StableDiffusionPipeline`` / ``StableDiffusion3Pipeline``
+loaded without diffalign) and diffalign's adapter on the same prompts, median of ``--repeats``::
+
+    python bench/shapes_sampling.py --threads 1
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import diffusers
+
+    from diffalign.pipelines import load, shipped_model_path
+    from diffalign.shapes import models as M
+    from diffalign.shapes.world import sample_prompts
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    prompts = [m["prompt"] for m in sample_prompts(args.images, seed=0)]
+    classes = {"sd": diffusers.StableDiffusionPipeline, "flow": diffusers.StableDiffusion3Pipeline}
+    print(f"| model | steps | guidance | stock pipeline, {args.images} images (s) | diffalign adapter (s) |")
+    print("|---|---|---|---|---|")
+    for kind, name in M.SHIPPED_NAMES.items():
+        folder = shipped_model_path(name)
+        if folder is None:
+            print(f"| {name} | not shipped | | | |")
+            continue
+        defaults = M.read_defaults(folder)
+        pipe = classes[kind].from_pretrained(str(folder), **M.null_component_kwargs(folder))
+        pipe.set_progress_bar_config(disable=True)
+        stock = _median_seconds(lambda: pipe(prompts, generator=torch.Generator().manual_seed(0), **defaults), args.repeats)
+        adapter = load(name)
+        sample_kwargs = {"steps": defaults["num_inference_steps"], "guidance_scale": defaults["guidance_scale"]}
+        ours = _median_seconds(lambda: adapter.sample(prompts, generator=torch.Generator().manual_seed(0), log_probs=False,
+                                                      **sample_kwargs), args.repeats)
+        print(f"| {name} | {defaults['num_inference_steps']} | {defaults['guidance_scale']} | {stock:.2f} | {ours:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
