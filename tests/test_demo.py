@@ -16,7 +16,7 @@ TINY_DEMO = ["sampling.batch_size=4", "sampling.batches_per_epoch=1", "sampling.
 @pytest.fixture(scope="module")
 def tiny_shapes_models(tmp_path_factory):
     out = tmp_path_factory.mktemp("shapes-models")
-    args = ["--tiny", "--dataset-size", "32", "--batch-size", "4", "--autoencoder-steps", "2", "--steps", "2"]
+    args = ["--tiny", "--dataset-size", "32", "--batch-size", "4", "--autoencoder-steps", "2", "--steps", "2", "--flow-steps", "2"]
     assert P.main([*args, "--model", "all", "--out", str(out)]) == 0
     return out
 

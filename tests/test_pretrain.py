@@ -11,11 +11,11 @@ from safetensors.torch import load_file
 from diffalign.shapes import models as M
 from diffalign.shapes import pretrain as P
 
-TINY_ARGS = ["--tiny", "--dataset-size", "48", "--batch-size", "4", "--autoencoder-steps", "3", "--steps", "4", "--checkpoint-every", "2"]
+TINY_ARGS = ["--tiny", "--dataset-size", "48", "--batch-size", "4", "--autoencoder-steps", "3", "--steps", "4", "--flow-steps", "4", "--checkpoint-every", "2"]
 
 
 def _tiny_config(out, **overrides) -> P.PretrainConfig:
-    values = dict(out=str(out), sizes=M.TINY_SIZES, dataset_size=48, batch_size=4, autoencoder_steps=3, steps=4, checkpoint_every=2)
+    values = dict(out=str(out), sizes=M.TINY_SIZES, dataset_size=48, batch_size=4, autoencoder_steps=3, steps=4, flow_steps=4, checkpoint_every=2)
     values.update(overrides)
     return P.PretrainConfig(**values)
 
@@ -134,3 +134,14 @@ def test_repeated_token_attention_equals_stock_attention_over_the_zero_t5_tokens
 def test_bad_model_name_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="unknown model"):
         P.PretrainConfig(out=str(tmp_path), models=("sdxl",))
+
+
+def test_parallel_model_processes_match_the_sequential_run(tmp_path):
+    if not P._parallel_ok(_tiny_config(tmp_path), M.MODEL_KINDS):
+        pytest.skip("needs two CPU cores")
+    assert P.main([*TINY_ARGS, "--model", "all", "--out", str(tmp_path / "parallel")]) == 0
+    assert P.main([*TINY_ARGS, "--model", "all", "--out", str(tmp_path / "sequential"), "--sequential"]) == 0
+    for weights in ("shapes-sd/unet/diffusion_pytorch_model.safetensors", "shapes-sd/text_encoder/model.safetensors",
+                    "shapes-flow/transformer/diffusion_pytorch_model.safetensors"):
+        a, b = (load_file(str(tmp_path / run / weights)) for run in ("parallel", "sequential"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), weights
