@@ -74,3 +74,19 @@ def test_shipped_model_follows_prompts_better_than_chance(kind):
             mismatched[a] = prompts[b]
     other = sum(v.correct for v in judge.judge_batch(images, mismatched))
     assert own > other + 2, (own, other)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", M.MODEL_KINDS)
+def test_shipped_model_is_good_but_imperfect_on_shapes_eval(tmp_path, kind):
+    """A ShapesEval subset at the model's defaults: room for alignment above, clearly better than blank below."""
+    from diffalign import pipelines
+    from diffalign.eval.shapes_eval import run_shapes_eval
+
+    defaults = M.read_defaults(_folder(kind))
+    summary = run_shapes_eval(pipelines.load(M.SHIPPED_NAMES[kind]), tmp_path, images_per_prompt=2, seed=0,
+                              steps=defaults["num_inference_steps"], guidance_scale=defaults["guidance_scale"],
+                              max_prompts_per_task=6, progress=False, save_images=False)
+    print(kind, {task: round(v["accuracy"], 3) for task, v in summary["tasks"].items()}, round(summary["overall"], 3))
+    assert 0.15 < summary["overall"] < 0.85
+    assert summary["tasks"]["single_object"]["accuracy"] > 0.5
