@@ -279,7 +279,7 @@ class Trainer:
     # ------------------------------------------------------------------------------ helpers
     def _print(self, message: str) -> None:
         self.accelerator.print(message) if hasattr(self, "accelerator") else print(message)
-        logger.info(message)
+        logger.debug(message)  # already printed; INFO would show it twice under the CLI's logging
 
     def _generators(self, *tags: Any, indices: Sequence[int]) -> list[torch.Generator]:
         seed = self.config.run.seed
