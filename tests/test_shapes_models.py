@@ -89,4 +89,4 @@ def test_shipped_model_is_good_but_imperfect_on_shapes_eval(tmp_path, kind):
                               max_prompts_per_task=6, progress=False, save_images=False)
     print(kind, {task: round(v["accuracy"], 3) for task, v in summary["tasks"].items()}, round(summary["overall"], 3))
     assert 0.15 < summary["overall"] < 0.85
-    assert summary["tasks"]["single_object"]["accuracy"] > 0.5
+    assert summary["tasks"]["colors"]["accuracy"] >= 0.4  # the task with most prompts in the subset
