@@ -90,3 +90,17 @@ def test_shipped_model_is_good_but_imperfect_on_shapes_eval(tmp_path, kind):
     print(kind, {task: round(v["accuracy"], 3) for task, v in summary["tasks"].items()}, round(summary["overall"], 3))
     assert 0.15 < summary["overall"] < 0.85
     assert summary["tasks"]["colors"]["accuracy"] >= 0.4  # the task with most prompts in the subset
+
+
+@pytest.mark.parametrize("kind", M.MODEL_KINDS)
+def test_shipped_autoencoder_reconstructions_pass_the_judge(kind):
+    """The autoencoder bounds what the model can reach: its reconstructions of ground truth must pass."""
+    pipe, _ = _stock_pipeline(kind)
+    samples = world.generate_dataset(120, seed=321)
+    images = torch.stack([s.image for s in samples])
+    with torch.no_grad():
+        reconstructed = M.latents_to_image(kind, pipe.vae, M.image_to_latents(kind, pipe.vae, images)).clamp(0, 1)
+    verdicts = judge.judge_batch(reconstructed, [s.metadata for s in samples])
+    passed = sum(v.correct for v in verdicts) / len(verdicts)
+    print(kind, "reconstructions judged correct:", round(passed, 3))
+    assert passed >= 0.9
