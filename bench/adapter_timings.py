@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -24,17 +22,10 @@ import torch  # noqa: E402
 from diffalign.pipelines import UnsupportedPipelineError, load  # noqa: E402
 from tests import tiny  # noqa: E402
 
+from _timing import median_seconds  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 PROMPTS = ["a red circle", "two green cats", "a blue square below a star", "a small dog on the beach"]
 
-
-def _median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> int:
@@ -79,7 +70,7 @@ def _time_family(adapter, steps: int, repeats: int) -> tuple[float, float]:
     def rescore():
         return adapter.step_log_prob(rollout, steps // 2)
 
-    return _median_seconds(sample, repeats), _median_seconds(rescore, repeats)
+    return median_seconds(sample, repeats), median_seconds(rescore, repeats)
 
 
 if __name__ == "__main__":

@@ -8,24 +8,15 @@ loaded without diffalign) and diffalign's adapter on the same prompts, median of
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
+from _timing import median_seconds  # bench/ is on sys.path when run as a script
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def _median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,10 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         defaults = M.read_defaults(folder)
         pipe = classes[kind].from_pretrained(str(folder), **M.null_component_kwargs(folder))
         pipe.set_progress_bar_config(disable=True)
-        stock = _median_seconds(lambda: pipe(prompts, generator=torch.Generator().manual_seed(0), **defaults), args.repeats)
+        stock = median_seconds(lambda: pipe(prompts, generator=torch.Generator().manual_seed(0), **defaults), args.repeats)
         adapter = load(name)
         sample_kwargs = {"steps": defaults["num_inference_steps"], "guidance_scale": defaults["guidance_scale"]}
-        ours = _median_seconds(lambda: adapter.sample(prompts, generator=torch.Generator().manual_seed(0), log_probs=False,
+        ours = median_seconds(lambda: adapter.sample(prompts, generator=torch.Generator().manual_seed(0), log_probs=False,
                                                       **sample_kwargs), args.repeats)
         print(f"| {name} | {defaults['num_inference_steps']} | {defaults['guidance_scale']} | {stock:.2f} | {ours:.2f} |")
     return 0

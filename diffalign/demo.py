@@ -17,6 +17,7 @@ From Python::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -152,7 +153,7 @@ def run_demo(
     train_seconds = time.time() - started
 
     log("[4/4] ShapesEval after alignment")
-    with trainer.ema_weights() if e.use_ema else _nullcontext():
+    with trainer.ema_weights() if e.use_ema else contextlib.nullcontext():
         after = run_shapes_eval(adapter, out / "after", **eval_kwargs)
     log(f"      overall accuracy {after['overall']:.3f}, judge score {after['overall_score']:.3f}")
 
@@ -172,14 +173,6 @@ def run_demo(
     paths["summary"].write_text(_summary_markdown(summary))
     trainer.close()
     return DemoResult(out=out, summary=summary, paths={k: v for k, v in paths.items() if v is not None})
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
