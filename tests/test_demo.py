@@ -9,7 +9,7 @@ import torch
 from diffalign.shapes import pretrain as P
 
 TINY_DEMO = ["sampling.batch_size=4", "sampling.batches_per_epoch=1", "sampling.group_size=2", "sampling.steps=3",
-             "train.batch_size=2", "eval.steps=2", "prompts.num_eval=4", "eval.batch_size=4", "run.log_with=",
+             "train.batch_size=2", "train.updates_per_epoch=1", "eval.steps=2", "prompts.num_eval=4", "eval.batch_size=4", "run.log_with=",
              "run.progress=false", "awm.train_timesteps=1"]
 
 
