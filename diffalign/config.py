@@ -208,6 +208,8 @@ class AdvantageConfig:
     #: group mode: std over the whole batch (True, the Flow-GRPO/AWM default) or per group
     global_std: bool = True
     clip_max: float = 5.0
+    #: drop samples whose advantage is 0 before training (Flow-GRPO's filter; not for AWM)
+    drop_zero: bool = False
 
     def validate(self) -> None:
         _positive(self, "advantage", ("buffer_size", "min_count"))

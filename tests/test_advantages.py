@@ -9,6 +9,7 @@ from diffalign.training.advantages import (
     PerPromptTracker,
     build_normalizer,
     compute_advantages,
+    select_nonzero_advantages,
 )
 from diffalign.training.prompts import GroupPromptSampler, ListSource, prompt_source
 
@@ -52,6 +53,26 @@ def test_group_normalizer(global_std):
     norm = GroupNormalizer(global_std)
     norm.normalize(prompts, r)
     assert norm.stats()["zero_std_group_fraction"] == 0.5
+
+
+def test_equal_rewards_give_exactly_zero_advantages():
+    # the mean of three 0.1s is 0.10000000000000002: dividing the residue by eps would give 2e-13
+    adv = GroupNormalizer(global_std=False).normalize(["p"] * 3 + ["q"] * 3, np.array([0.1] * 3 + [0.0, 1.0, 0.25]))
+    assert (adv[:3] == 0).all() and (adv[3:] != 0).all()
+
+
+def test_select_nonzero_advantages_keeps_batches_equal():
+    advantages = torch.tensor([0.0, 1.0, 0.0, -1.0, 0.0, 0.5, 0.0, 0.0])
+    keep = select_nonzero_advantages(advantages, 4, torch.Generator().manual_seed(0))
+    # 3 nonzero + 1 refilled zero -> 4, a multiple of 4 batches; sorted, no duplicates
+    assert len(keep) == 4 and {1, 3, 5} <= set(keep.tolist()) and keep.tolist() == sorted(set(keep.tolist()))
+    assert select_nonzero_advantages(advantages, 3, torch.Generator().manual_seed(0)).tolist() == [1, 3, 5]
+    again = select_nonzero_advantages(advantages, 4, torch.Generator().manual_seed(0))
+    assert torch.equal(keep, again)
+    # all zero: one sample per batch survives, so every process still makes its batches
+    assert len(select_nonzero_advantages(torch.zeros(8), 2, torch.Generator().manual_seed(0))) == 2
+    with pytest.raises(ValueError, match="num_batches"):
+        select_nonzero_advantages(advantages, 0, torch.Generator())
 
 
 def test_batch_normalizer_and_factory():

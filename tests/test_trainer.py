@@ -108,6 +108,27 @@ def test_typed_trainer_refuses_other_algorithm(tiny_model, tmp_path):
         AWMTrainer(base_config("ddpo", tiny_model("sd15")), run_dir=tmp_path)
 
 
+def test_drop_zero_trains_only_on_samples_with_advantage(tiny_model, tmp_path):
+    """Flow-GRPO's filter: a prompt whose rewards are all equal contributes no samples to the update."""
+    def red_only(media, prompts):
+        values = brightness(media, prompts)
+        return torch.where(torch.tensor([p == "a red square" for p in prompts]), values, torch.full_like(values, 0.5))
+
+    trainer = make_trainer(tiny_model, "sd15", "flow_grpo", tmp_path / "run", reward=red_only, run={"epochs": 1},
+                           prompts={"train_list": ["a red square", "a blue circle"]},
+                           sampling={"batches_per_epoch": 2}, advantage={"drop_zero": True})
+    seen = []
+    loss = trainer.algorithm.loss
+    trainer.algorithm.loss = lambda micro: (seen.extend(micro[0].prompts), loss(micro))[1]
+    metrics = trainer.train()
+    # 8 samples, 4 of each prompt; the 4 red ones fill the 4 train batches (train.batch_size 2 -> 1 each)
+    assert metrics["kept_fraction"] == 0.5
+    assert seen and set(seen) == {"a red square"}
+    with pytest.raises(ConfigError, match="advantage.drop_zero = true is not supported by awm"):
+        make_trainer(tiny_model, "sd15", "awm", tmp_path / "awm", sampling={"stochastic": False},
+                     advantage={"drop_zero": True})
+
+
 # ------------------------------------------------------------------------------------ NaN / inf
 def test_nan_loss_is_skipped_then_stops_with_clear_error(tiny_model, tmp_path):
     calls = {"n": 0}

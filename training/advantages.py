@@ -11,7 +11,10 @@ Two normalisers (ALGORITHMS.md §C.4):
 
 :func:`compute_advantages` gathers rewards (``accelerate`` ``gather``) and prompts (``gather_object``)
 from every rank, normalises, clips to ``[-clip_max, clip_max]`` and returns this rank's slice.
-Standard deviations are population std (``ddof=0``), as in the official trackers.
+Standard deviations are population std (``ddof=0``), as in the official trackers. A group whose
+rewards are all equal gets advantages of exactly 0 (not rounding noise divided by ``eps``), so
+:func:`select_nonzero_advantages` (Flow-GRPO's zero-advantage filter, ``advantage.drop_zero``) can
+drop its samples.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ __all__ = [
     "PerPromptTracker",
     "build_normalizer",
     "compute_advantages",
+    "select_nonzero_advantages",
     "gather_rewards",
 ]
 
@@ -104,9 +108,11 @@ class GroupNormalizer(AdvantageNormalizer):
         for prompt in groups:
             mask = prompts_arr == prompt
             values = rewards[mask]
-            group_std = values.std()
-            zero_std += int(group_std == 0)
-            std = global_std if self.global_std else group_std
+            if values.max() == values.min():  # exact test: the mean of equal floats can round
+                zero_std += 1
+                advantages[mask] = 0.0
+                continue
+            std = global_std if self.global_std else values.std()
             advantages[mask] = (values - values.mean()) / (std + self.eps)
         self._zero_std_fraction = zero_std / max(len(groups), 1)
         return advantages
@@ -161,3 +167,23 @@ def compute_advantages(
     n = rewards.shape[0]
     local = advantages[rank * n : (rank + 1) * n]
     return torch.as_tensor(local, dtype=torch.float32, device=rewards.device)
+
+
+def select_nonzero_advantages(advantages: torch.Tensor, num_batches: int, generator: torch.Generator) -> torch.Tensor:
+    """Flow-GRPO's zero-advantage filter: the indices (sorted) of the samples to train on.
+
+    Samples whose advantage is exactly 0 (groups with equal rewards) carry no policy gradient but
+    still dilute the batch mean and pull through the KL term, so they are dropped; randomly chosen
+    dropped ones are put back until the count is a positive multiple of ``num_batches``, so every
+    process still makes the same number of train batches (and gradient accumulation is unchanged).
+    """
+    if num_batches < 1:
+        raise ValueError(f"num_batches must be >= 1, got {num_batches}")
+    zero = advantages.detach().cpu() == 0
+    keep = (~zero).nonzero().flatten()
+    dropped = zero.nonzero().flatten()
+    short = (-len(keep)) % num_batches or (num_batches if len(keep) == 0 else 0)
+    if short > len(dropped):  # cannot happen while num_batches divides the sample count
+        raise ValueError(f"cannot split {len(advantages)} samples into {num_batches} equal batches")
+    refill = dropped[torch.randperm(len(dropped), generator=generator)[:short]]
+    return torch.sort(torch.cat([keep, refill])).values

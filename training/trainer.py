@@ -48,7 +48,7 @@ import torch
 from diffalign.config import Config, ConfigError, load_config, to_toml
 from diffalign.rollout import Rollout
 
-from .advantages import build_normalizer, compute_advantages
+from .advantages import build_normalizer, compute_advantages, select_nonzero_advantages
 from .algorithms import ALGORITHMS, Algorithm
 from .checkpoint import capture_rng_state, find_latest_checkpoint, load_state, restore_rng_state, write_checkpoint
 from .prompts import GroupPromptSampler, ListSource, derive_seed, prompt_source
@@ -398,6 +398,14 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + v
                 counts[k] = counts.get(k, 0) + 1
 
+        train_batch_size = t.batch_size
+        if self.config.advantage.drop_zero:
+            num_batches = batch.batch_size // t.batch_size
+            keep = select_nonzero_advantages(batch.extras["advantages"], num_batches, torch.Generator().manual_seed(
+                derive_seed(self.config.run.seed, "drop_zero", epoch, acc.process_index)))
+            record({"kept_fraction": len(keep) / batch.batch_size})
+            batch = batch[keep.to(batch.latents.device)]
+            train_batch_size = batch.batch_size // num_batches
         denoiser = self.adapter.trainable_denoiser
         denoiser.train()
         window_bad = False
@@ -405,9 +413,9 @@ class Trainer:
             order = torch.randperm(batch.batch_size, generator=torch.Generator().manual_seed(
                 derive_seed(self.config.run.seed, "shuffle", epoch, inner, acc.process_index)))
             shuffled = batch[order.to(batch.latents.device)]
-            starts = range(0, batch.batch_size, t.batch_size)
+            starts = range(0, batch.batch_size, train_batch_size)
             for start in self._bar(starts, f"epoch {epoch}: training"):
-                train_batch = shuffled[start : start + t.batch_size]
+                train_batch = shuffled[start : start + train_batch_size]
                 for micro in self.algorithm.micro_batches(train_batch, epoch, inner):
                     with acc.accumulate(denoiser):
                         with acc.autocast():

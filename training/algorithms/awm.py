@@ -98,8 +98,10 @@ class AWM(Algorithm):
     config_class = AWMConfig
     needs_log_probs = False
     default_advantage_mode = "group"
+    drop_zero_refused = "AWM trains on every sample, as its reference implementation does"
 
     def validate(self) -> None:
+        super().validate()
         c = self.cfg
         if c.train_timesteps < 1:
             raise ConfigError(f"awm.train_timesteps must be >= 1, got {c.train_timesteps}")

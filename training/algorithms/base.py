@@ -79,6 +79,8 @@ class Algorithm:
     needs_log_probs: ClassVar[bool] = True
     #: advantage mode the official recipe uses (a warning is logged when the config differs)
     default_advantage_mode: ClassVar[str] = "group"
+    #: why ``advantage.drop_zero`` is refused (empty: the filter is allowed)
+    drop_zero_refused: ClassVar[str] = ""
 
     def __init__(self, config: Config):
         self.config = config
@@ -89,6 +91,8 @@ class Algorithm:
     # ----------------------------------------------------------------------- config
     def validate(self) -> None:
         """Cross-section checks; raise :class:`ConfigError` naming the key."""
+        if self.config.advantage.drop_zero and self.drop_zero_refused:
+            raise ConfigError(f"advantage.drop_zero = true is not supported by {self.name}: {self.drop_zero_refused}")
         if self.needs_log_probs and not self.config.sampling.stochastic:
             raise ConfigError(
                 f"sampling.stochastic = false, but {self.name} needs per-step log-probs: set sampling.stochastic = true"
