@@ -27,7 +27,6 @@ from _timing import median_seconds  # noqa: E402  (bench/ is on sys.path when ru
 PROMPTS = ["a red circle", "two green cats", "a blue square below a star", "a small dog on the beach"]
 
 
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)

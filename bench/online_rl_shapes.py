@@ -74,7 +74,6 @@ def time_to_target(curve: list[tuple[int, float, float]], target: float,
             if not held:
                 return found
     return found
-    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,7 +120,8 @@ def _report(runs: list[dict], args: argparse.Namespace, suffix: str = "") -> int
                 run["curve"], run["target"], held=held)
     for run in runs:
         for kind in ("first", "held"):
-            run.pop(f"time_ratio_vs_flow_grpo_{kind}", None)
+            run.pop(f"time_ratio_vs_flow_grpo_{kind}", None)  # stale values from a re-scored results.json
+            run.pop(f"time_ratio_vs_flow_grpo_{kind}_is_bound", None)
             mine = run[f"seconds_to_target_{kind}"]
             theirs = reference[f"seconds_to_target_{kind}"] if reference else None
             if reference is None or mine is None or run is reference:

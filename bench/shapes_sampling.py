@@ -18,7 +18,6 @@ from _timing import median_seconds  # bench/ is on sys.path when run as a script
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-
 def main(argv: list[str] | None = None) -> int:
     import diffusers
 

@@ -182,7 +182,8 @@ def select_nonzero_advantages(advantages: torch.Tensor, num_batches: int, genera
     zero = advantages.detach().cpu() == 0
     keep = (~zero).nonzero().flatten()
     dropped = zero.nonzero().flatten()
-    short = (-len(keep)) % num_batches or (num_batches if len(keep) == 0 else 0)
+    wanted = max(1, -(-len(keep) // num_batches)) * num_batches  # next multiple, at least one sample per batch
+    short = wanted - len(keep)
     if short > len(dropped):  # cannot happen while num_batches divides the sample count
         raise ValueError(f"cannot split {len(advantages)} samples into {num_batches} equal batches")
     refill = dropped[torch.randperm(len(dropped), generator=generator)[:short]]
