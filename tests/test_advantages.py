@@ -59,6 +59,11 @@ def test_equal_rewards_give_exactly_zero_advantages():
     # the mean of three 0.1s is 0.10000000000000002: dividing the residue by eps would give 2e-13
     adv = GroupNormalizer(global_std=False).normalize(["p"] * 3 + ["q"] * 3, np.array([0.1] * 3 + [0.0, 1.0, 0.25]))
     assert (adv[:3] == 0).all() and (adv[3:] != 0).all()
+    tracker = PerPromptTracker(buffer_size=4, min_count=3)
+    adv = tracker.normalize(["p"] * 3 + ["q"] * 3, np.array([0.1] * 3 + [0.0, 1.0, 0.25]))
+    assert (adv[:3] == 0).all() and (adv[3:] != 0).all()
+    # below min_count the batch is the reference: an all-equal batch gives exactly 0 too
+    assert (PerPromptTracker(min_count=16).normalize(["a", "b"], np.array([0.1, 0.1])) == 0).all()
 
 
 def test_select_nonzero_advantages_keeps_batches_equal():

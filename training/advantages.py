@@ -66,17 +66,16 @@ class PerPromptTracker(AdvantageNormalizer):
         rewards = np.asarray(rewards, dtype=np.float64)
         prompts_arr = np.asarray(prompts, dtype=object)
         advantages = np.empty_like(rewards)
-        batch_mean, batch_std = rewards.mean(), rewards.std()
         for prompt in dict.fromkeys(prompts):  # first-seen order, deterministic
             mask = prompts_arr == prompt
             values = rewards[mask]
             buffer = self.buffers.setdefault(prompt, deque(maxlen=self.buffer_size))
             buffer.extend(values.tolist())
-            if len(buffer) < self.min_count:
-                mean, std = batch_mean, batch_std
-            else:
-                mean, std = np.mean(buffer), np.std(buffer)
-            advantages[mask] = (values - mean) / (std + self.eps)
+            reference = rewards if len(buffer) < self.min_count else np.asarray(buffer)
+            if reference.max() == reference.min():  # exact test: the mean of equal floats can round
+                advantages[mask] = 0.0
+                continue
+            advantages[mask] = (values - reference.mean()) / (reference.std() + self.eps)
         return advantages
 
     def stats(self) -> dict[str, float]:
