@@ -132,7 +132,7 @@ class PromptsConfig:
 
     train: str = "shapes"
     train_list: list[str] = field(default_factory=list)
-    #: empty: the training source with a different seed
+    #: empty: a draw from the training source with ``eval.seed`` (the same for every ``run.seed``)
     eval: str = ""
     eval_list: list[str] = field(default_factory=list)
     num_eval: int = 16

@@ -87,6 +87,16 @@ def test_run_folder_and_metrics(tiny_model, tmp_path):
     assert any(not torch.equal(ema[k], after[k]) for k in ema)
 
 
+def test_held_out_prompts_follow_eval_seed_not_run_seed(tiny_model, tmp_path):
+    def held_out(run_seed: int, eval_seed: int) -> list[str]:
+        return make_trainer(tiny_model, "sd15", "ddpo", tmp_path / f"run{run_seed}-{eval_seed}", run={"seed": run_seed},
+                            eval={"seed": eval_seed}, prompts={"train_list": [], "train": "shapes", "num_eval": 8}).eval_prompts
+
+    # runs that differ only in run.seed are scored on the same prompts
+    assert len(set(held_out(0, 1234))) > 1
+    assert held_out(0, 1234) == held_out(1, 1234) != held_out(0, 7)
+
+
 def test_gradient_accumulation_is_derived_and_checked(tiny_model, tmp_path):
     trainer = make_trainer(tiny_model, "sd15", "ddpo", tmp_path / "a",
                            sampling={"batch_size": 4, "batches_per_epoch": 2}, train={"batch_size": 2, "updates_per_epoch": 2})

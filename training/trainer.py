@@ -274,7 +274,8 @@ class Trainer:
         if p.eval:
             source = prompt_source(p.eval, (), p.options)
             return source.first(p.num_eval) if isinstance(source, ListSource) else source.draw(p.num_eval, self.config.eval.seed)
-        return self._train_source.draw(p.num_eval, derive_seed(self.config.run.seed, "eval-prompts"))
+        # drawn from eval.seed, not run.seed: runs with different seeds are scored on the same prompts
+        return self._train_source.draw(p.num_eval, derive_seed(self.config.eval.seed, "eval-prompts"))
 
     # ------------------------------------------------------------------------------ helpers
     def _print(self, message: str) -> None:
