@@ -3,13 +3,15 @@
 Every algorithm starts from the same shipped model (``--model``, default ``shapes-flow``: the
 algorithms are family-agnostic, so all three run on it and only the algorithm differs), uses its
 own shipped ``*_shapes`` recipe, and is evaluated after every epoch on the same held-out prompts
-with fixed noise, with the sampler settings its recipe evaluates with (AWM trains and evaluates
-without CFG, Flow-GRPO and DDPO with it) unless ``--eval-guidance``/``--eval-steps`` force common
-ones. The clock counts training time only (sampling rollouts + updates), not the evaluations.
+with fixed noise, with the sampler settings its recipe evaluates with (all three recipes evaluate
+without CFG) unless ``--eval-guidance``/``--eval-steps`` force others. The clock counts training
+time only (sampling rollouts + updates), not the evaluations.
 
 The target is each run's own start (held-out judge score of the base model under its evaluation
 settings) plus ``--target-gain``, or the absolute ``--target`` if given. Reported: wall seconds and epochs to reach it, and ratios against
-Flow-GRPO (the AWM paper's headline comparison: AWM reaches Flow-GRPO's reward faster).
+Flow-GRPO (the AWM paper's headline comparison: AWM reaches Flow-GRPO's reward faster), and the
+final gain with its paired standard error over prompts: a time to a target smaller than about two
+standard errors measures noise, not learning.
 
     python bench/online_rl_shapes.py --epochs 12 --target-gain 0.05
     python bench/online_rl_shapes.py --algorithms awm flow_grpo --model shapes-sd
@@ -46,19 +48,28 @@ def run_algorithm(algorithm: str, args: argparse.Namespace, out: Path) -> dict:
     trainer = Trainer(f"{algorithm}_shapes", overrides=overrides, run_dir=out / algorithm)
     e = trainer.config.eval
     settings = {"eval_steps": e.steps, "eval_guidance": e.guidance_scale}
-    curve = [(0, 0.0, trainer.evaluate(save_grid=False)["eval/reward_mean"])]
+    first = trainer.evaluate(save_grid=False)
+    curve = [(0, 0.0, first["eval/reward_mean"])]
     print(f"[{algorithm}] epoch 0: held-out reward {curve[0][2]:.4f}", flush=True)
-    train_seconds = 0.0
+    train_seconds, last = 0.0, first
     for epoch in range(1, args.epochs + 1):
         started = time.perf_counter()
         # one more than run: the loop's own end-of-run evaluation never lands inside the clock
         trainer.train(epochs=args.epochs + 1, stop_after=1)
         train_seconds += time.perf_counter() - started
-        reward = trainer.evaluate(save_grid=False)["eval/reward_mean"]
+        last = trainer.evaluate(save_grid=False)
+        reward = last["eval/reward_mean"]
         curve.append((epoch, train_seconds, reward))
         print(f"[{algorithm}] epoch {epoch}: held-out reward {reward:.4f} after {train_seconds:.1f} s of training", flush=True)
     trainer.close()
-    return {"algorithm": algorithm, "curve": curve, **settings}
+    return {"algorithm": algorithm, "curve": curve, "gain": paired_gain(first["eval/rewards"], last["eval/rewards"]),
+            **settings}
+
+
+def paired_gain(before: list[float], after: list[float]) -> tuple[float, float]:
+    """Mean per-prompt gain and its standard error (same prompts and noise before and after)."""
+    gain = torch.tensor(after, dtype=torch.float64) - torch.tensor(before, dtype=torch.float64)
+    return gain.mean().item(), (gain.std().item() / len(gain) ** 0.5) if len(gain) > 1 else float("nan")
 
 
 def time_to_target(curve: list[tuple[int, float, float]], target: float,
@@ -140,6 +151,12 @@ def _report(runs: list[dict], args: argparse.Namespace, suffix: str = "") -> int
         bound = "< " if run[f"time_ratio_vs_flow_grpo_{kind}_is_bound"] else ""
         return f"{epoch} / {seconds:.1f} s ({bound}{ratio:.2f}x)"
 
+    def gain_cell(run: dict) -> str:
+        if "gain" not in run:  # results.json written before the bench kept per-prompt rewards
+            return "-"
+        mean, stderr = run["gain"]
+        return f"{mean:+.3f} ± {stderr:.3f}"
+
     lines = [
         f"# Online RL on ShapesWorld ({args.model}): time to a held-out judge-score target",
         "",
@@ -148,12 +165,13 @@ def _report(runs: list[dict], args: argparse.Namespace, suffix: str = "") -> int
         + " Cells: epochs / training seconds to the target (time relative to Flow-GRPO's). *first*: the first"
         " evaluation at the target; *held*: the first from which every later evaluation stays there.",
         "",
-        "| algorithm | eval steps / CFG | start | target | final | mean of last half | first | held | s/epoch |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| algorithm | eval steps / CFG | start | target | final | final gain ± s.e. | mean of last half | first | held "
+        "| s/epoch |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         lines.append(f"| {run['algorithm']} | {run['eval_steps']} / {run['eval_guidance']} | {run['start']:.3f} "
-                     f"| {run['target']:.3f} | {run['final']:.3f} | {run['last_half_mean']:.3f} | {cell(run, 'first')} "
+                     f"| {run['target']:.3f} | {run['final']:.3f} | {gain_cell(run)} | {run['last_half_mean']:.3f} | {cell(run, 'first')} "
                      f"| {cell(run, 'held')} | {run['seconds_per_epoch']:.1f} |")
     table = "\n".join(lines) + "\n"
     (args.out / f"results{suffix}.md").write_text(table)

@@ -492,7 +492,8 @@ class Trainer:
     # --------------------------------------------------------------------------- evaluation
     def evaluate(self, prompts: Sequence[str] | None = None, *, save_grid: bool = True) -> dict[str, Any]:
         """Mean reward on the held-out prompts with the deterministic (or ``eval``) sampler and fixed noise,
-        using the EMA weights when ``eval.use_ema``. Logs and returns ``{"eval/reward_mean": ...}``."""
+        using the EMA weights when ``eval.use_ema``. Logs ``eval/reward_mean`` and ``eval/reward_std``; the
+        returned dict also holds ``eval/rewards``, one reward per prompt in prompt order (for paired tests)."""
         e, s = self.config.eval, self.config.sampling
         acc = self.accelerator
         prompts = list(prompts or self.eval_prompts)
@@ -527,7 +528,7 @@ class Trainer:
 
                     write_grid(torch.cat(media)[: e.grid_images], self.run_dir / "samples" / f"eval_epoch_{self.epoch:04d}.png")
                 self.plot_rewards()
-        return result
+        return {**result, "eval/rewards": values.tolist()}
 
     def plot_rewards(self) -> Path | None:
         """``reward_curve.png``: training reward per epoch and held-out reward per evaluation."""
