@@ -80,6 +80,14 @@ def negative_prompt_list(negative_prompts: Sequence[str] | str | None, batch: in
     return negative_prompts
 
 
+def _sampler_at(sampler: dict[str, Any], index: int) -> dict[str, Any]:
+    """The sampler settings of step ``index``: deterministic outside an SDE window."""
+    window = sampler.get("sde_window")
+    if window is None or window[0] <= index < window[1]:
+        return sampler
+    return {**sampler, "stochastic": False, "eta": 0.0, "noise_level": 0.0}
+
+
 def _expand_timestep(t: torch.Tensor | float | int, batch: int, device: torch.device) -> torch.Tensor:
     t = torch.as_tensor(t, device=device)
     if t.ndim == 0:
@@ -181,10 +189,11 @@ class PipelineAdapter(ABC):
 
     @abstractmethod
     def _step(
-        self, model_output: torch.Tensor, index: int, sample: torch.Tensor, schedule: dict[str, torch.Tensor],
+        self, model_output: torch.Tensor, index: int | torch.Tensor, sample: torch.Tensor, schedule: dict[str, torch.Tensor],
         sampler: dict[str, Any], generator: Generator = None, prev_sample: torch.Tensor | None = None,
     ) -> StepOutput:
-        """One sampler transition ``index -> index+1`` with its log-density (stochastic settings)."""
+        """One sampler transition ``index -> index+1`` with its log-density (stochastic settings);
+        ``index`` may be a ``[B]`` tensor of per-sample indices."""
 
     @abstractmethod
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -294,6 +303,7 @@ class PipelineAdapter(ABC):
         decode: bool = True,
         with_grad: bool = False,
         progress: bool = False,
+        sde_window: tuple[int, int] | None = None,
         **schedule_options,
     ) -> Rollout:
         """Sample a batch and record the whole trajectory.
@@ -301,7 +311,9 @@ class PipelineAdapter(ABC):
         ``stochastic=False`` is the family's deterministic sampler (DDIM η=0 / Euler ODE) and matches the
         diffusers pipeline for the same generator. ``stochastic=True`` uses DDIM with ``eta`` or the
         flow SDE with ``noise_level`` and records per-step log-probs (``log_probs`` defaults to
-        ``stochastic``).
+        ``stochastic``). ``sde_window=(start, end)`` makes only the steps ``start <= i < end`` stochastic
+        (Flow-GRPO-Fast, MixGRPO): the others take the deterministic step and record log-prob 0, so all the
+        sample-to-sample variation comes from the window's noise (and the initial latents).
         """
         prompts = self._check_prompts(prompts)
         steps = self._check_steps(steps)
@@ -312,6 +324,12 @@ class PipelineAdapter(ABC):
         log_probs = stochastic if log_probs is None else log_probs
         if log_probs and not stochastic:
             raise AdapterError("log_probs=True needs stochastic=True: a deterministic step has no density")
+        if sde_window is not None:
+            if not stochastic:
+                raise AdapterError("sde_window needs stochastic=True")
+            start, end = (int(v) for v in sde_window)
+            if not 0 <= start < end <= steps:
+                raise AdapterError(f"sde_window must satisfy 0 <= start < end <= steps={steps}, got {tuple(sde_window)}")
         batch = len(prompts)
         do_cfg = guidance_scale > 1.0 and not self.distilled_guidance
         if conditioning is None:
@@ -331,6 +349,8 @@ class PipelineAdapter(ABC):
             "steps": steps,
             **schedule_options,
         }
+        if sde_window is not None:
+            sampler["sde_window"] = [start, end]
         trajectory = [latents]
         step_log_probs = []
         x = latents
@@ -344,11 +364,12 @@ class PipelineAdapter(ABC):
             for index in iterator:
                 t = schedule["timesteps"][index]
                 out = self.predict(x, t, conditioning, guidance_scale)
-                step = self._step(out, index, x, schedule, sampler, generator=generator)
+                step = self._step(out, index, x, schedule, _sampler_at(sampler, index), generator=generator)
                 x = step.prev_sample.to(latents.dtype)
                 trajectory.append(x)
                 if log_probs:
-                    step_log_probs.append(step.log_prob)
+                    step_log_probs.append(step.log_prob if step.log_prob is not None
+                                          else torch.zeros(batch, device=x.device))
             media = self.decode(x) if decode else None
         return Rollout(
             prompts=prompts,
@@ -362,26 +383,41 @@ class PipelineAdapter(ABC):
         )
 
     def step_log_prob(
-        self, rollout: Rollout, step: int, cfg_grad: str = "both", return_mean: bool = False
+        self, rollout: Rollout, step: int | torch.Tensor, cfg_grad: str = "both", return_mean: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Log-density of the stored transition ``step -> step+1`` under the *current* weights.
 
-        Uses the sampler settings recorded in the rollout (guidance, eta / noise level, reduction), so
-        right after sampling the result equals ``rollout.log_probs[:, step]`` (on-policy ratio 1).
-        Gradients flow to the denoiser unless called under ``torch.no_grad()``. With
-        ``return_mean=True`` returns ``(log_prob, mean, std)`` (for KL terms on step means).
+        ``step`` is one index for the whole batch, or a ``[B]`` tensor of per-sample indices (DDPO trains
+        each sample's steps in its own random order): one denoiser call either way. Uses the sampler
+        settings recorded in the rollout (guidance, eta / noise level, reduction), so right after
+        sampling the result equals ``rollout.log_probs[:, step]`` (on-policy ratio 1). Gradients flow
+        to the denoiser unless called under ``torch.no_grad()``. With ``return_mean=True`` returns
+        ``(log_prob, mean, std)`` (for KL terms on step means).
         """
         if not rollout.sampler.get("stochastic"):
             raise AdapterError("rollout was sampled deterministically; it has no transition densities")
-        if not 0 <= step < rollout.num_steps:
-            raise AdapterError(f"step must be in [0, {rollout.num_steps}), got {step}")
+        index = torch.as_tensor(step).cpu()
+        if index.is_floating_point() or index.ndim > 1 or (index.ndim == 1 and index.shape[0] != rollout.batch_size):
+            raise AdapterError(f"step must be an integer or a [{rollout.batch_size}] integer tensor, got {step!r}")
+        if ((index < 0) | (index >= rollout.num_steps)).any():
+            raise AdapterError(f"step must be in [0, {rollout.num_steps}), got {index.tolist()}")
+        window = rollout.sampler.get("sde_window")
+        if window is not None and ((index < window[0]) | (index >= window[1])).any():
+            raise AdapterError(f"step {index.tolist()} lies outside the rollout's SDE window [{window[0]}, {window[1]}): "
+                               "that transition was deterministic and has no density")
         schedule = {"timesteps": rollout.timesteps}
         if rollout.sigmas is not None:
             schedule["sigmas"] = rollout.sigmas
         schedule.update(rollout.extras.get("schedule", {}))
-        x = rollout.latents[:, step]
-        out = self.predict(x, rollout.timesteps[step], rollout.conditioning, rollout.sampler["guidance_scale"], cfg_grad)
-        result = self._step(out, step, x, schedule, rollout.sampler, prev_sample=rollout.latents[:, step + 1])
+        if index.ndim == 0:
+            index = int(index)
+            x, x_next = rollout.latents[:, index], rollout.latents[:, index + 1]
+        else:
+            rows = torch.arange(rollout.batch_size, device=rollout.latents.device)
+            at = index.to(rollout.latents.device)
+            x, x_next = rollout.latents[rows, at], rollout.latents[rows, at + 1]
+        out = self.predict(x, rollout.timesteps[index], rollout.conditioning, rollout.sampler["guidance_scale"], cfg_grad)
+        result = self._step(out, index, x, schedule, rollout.sampler, prev_sample=x_next)
         if return_mean:
             return result.log_prob, result.mean, result.std
         return result.log_prob

@@ -78,7 +78,7 @@ class DiffusionProcess:
         return {"timesteps": self.scheduler.timesteps.clone()}
 
     def _step(
-        self, model_output: torch.Tensor, index: int, sample: torch.Tensor, schedule: dict[str, torch.Tensor],
+        self, model_output: torch.Tensor, index: int | torch.Tensor, sample: torch.Tensor, schedule: dict[str, torch.Tensor],
         sampler: dict[str, Any], generator: Generator = None, prev_sample: torch.Tensor | None = None,
     ) -> StepOutput:
         timesteps = schedule["timesteps"]

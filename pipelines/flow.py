@@ -112,7 +112,7 @@ class FlowMatchingProcess:
 
     # ------------------------------------------------------------------ steps
     def _step(
-        self, model_output: torch.Tensor, index: int, sample: torch.Tensor, schedule: dict[str, torch.Tensor],
+        self, model_output: torch.Tensor, index: int | torch.Tensor, sample: torch.Tensor, schedule: dict[str, torch.Tensor],
         sampler: dict[str, Any], generator: Generator = None, prev_sample: torch.Tensor | None = None,
     ) -> StepOutput:
         """Euler (``noise_level=0``) or Flow-GRPO SDE step ``σ_index -> σ_index+1``.

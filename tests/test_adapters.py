@@ -145,6 +145,58 @@ def test_step_log_prob_rescores_the_recorded_rollout(tiny_model, kind, reduce):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_step_log_prob_takes_a_step_per_sample(tiny_model, kind):
+    """One call with per-sample step indices equals each sample's own single-step call (DDPO's shuffled time axis)."""
+    _, adapter = _load(tiny_model, kind)
+    rollout = _sample(adapter, 3.0, seed=2, stochastic=True, decode=False)
+    steps = torch.tensor([STEPS - 1, 1])
+    with torch.no_grad():
+        log_prob, mean, std = adapter.step_log_prob(rollout, steps, return_mean=True)
+        for i, step in enumerate(steps.tolist()):
+            one, one_mean, one_std = adapter.step_log_prob(rollout[i], step, return_mean=True)
+            torch.testing.assert_close(log_prob[i : i + 1], one, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(mean[i : i + 1], one_mean, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(std[i : i + 1], one_std.expand_as(mean[i : i + 1]), rtol=1e-5, atol=1e-7)
+            assert (log_prob[i] - rollout.log_probs[i, step]).abs() < 1e-5
+    with pytest.raises(AdapterError, match="step"):
+        adapter.step_log_prob(rollout, torch.tensor([0, STEPS]))
+    with pytest.raises(AdapterError, match="step"):
+        adapter.step_log_prob(rollout, torch.tensor([0, 1, 2]))
+
+
+@pytest.mark.parametrize("kind", ["sd15", "sd3"])
+def test_sde_window_is_stochastic_only_inside(tiny_model, kind):
+    """Flow-GRPO-Fast rollouts: outside the window every step is the deterministic sampler's step (log-prob 0);
+    inside, the noise is injected and re-scored exactly; a window over every step is plain stochastic sampling."""
+    _, adapter = _load(tiny_model, kind)
+    windowed = _sample(adapter, 1.0, seed=4, stochastic=True, sde_window=(1, 3), decode=False)
+    assert windowed.sampler["sde_window"] == [1, 3]
+    assert (windowed.log_probs[:, [0, 3]] == 0).all() and (windowed.log_probs[:, 1:3] != 0).all()
+    with torch.no_grad():
+        for step in range(STEPS):
+            x = windowed.latents[:, step]
+            out = adapter.predict(x, windowed.timesteps[step], windowed.conditioning, 1.0)
+            ode = adapter._step(out, step, x, {"timesteps": windowed.timesteps, "sigmas": windowed.sigmas},
+                                {"stochastic": False, "eta": 0.0, "noise_level": 0.0, "steps": STEPS}).prev_sample
+            moved = (windowed.latents[:, step + 1] - ode.to(x.dtype)).abs().max().item()
+            if step in (1, 2):
+                assert moved > 1e-3, f"step {step} is inside the window: noise must be injected"
+                rescored = adapter.step_log_prob(windowed, step)
+                assert (rescored - windowed.log_probs[:, step]).abs().max() < 1e-5
+            else:
+                assert moved < 1e-5, f"step {step} is outside the window: it must be the deterministic step"
+                with pytest.raises(AdapterError, match="outside the rollout's SDE window"):
+                    adapter.step_log_prob(windowed, step)
+    everything = _sample(adapter, 1.0, seed=4, stochastic=True, sde_window=(0, STEPS), decode=False)
+    plain = _sample(adapter, 1.0, seed=4, stochastic=True, decode=False)
+    torch.testing.assert_close(everything.latents, plain.latents, rtol=0, atol=0)
+    with pytest.raises(AdapterError, match="sde_window"):
+        _sample(adapter, 1.0, stochastic=True, sde_window=(2, STEPS + 1), decode=False)
+    with pytest.raises(AdapterError, match="stochastic"):
+        _sample(adapter, 1.0, sde_window=(0, 2), decode=False)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_step_log_prob_has_gradients_and_checks_its_input(tiny_model, kind):
     _, adapter = _load(tiny_model, kind)
     rollout = _sample(adapter, 1.0, stochastic=True, decode=False)
