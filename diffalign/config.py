@@ -161,9 +161,36 @@ class SamplingConfig:
     group_size: int = 1
     height: int | None = None
     width: int | None = None
+    #: Flow-GRPO-Fast: only this many consecutive steps are stochastic (and trained), the rest
+    #: deterministic; the window's start is drawn each epoch inside ``sde_window_range``. 0: every step
+    sde_window: int = 0
+    #: ``[lo, hi]``: the window lies within steps ``lo .. hi-1``; empty: the first half of the schedule,
+    #: ``[0, steps // 2]`` (Flow-GRPO-Fast), widened to ``[0, sde_window]`` when the window is longer
+    sde_window_range: list[int] = field(default_factory=list)
+    #: every sample of a group starts from the same initial noise (Flow-GRPO's ``same_latent``)
+    same_latent: bool = False
+
+    def window_range(self) -> tuple[int, int]:
+        """``(lo, hi)`` of the SDE window's placement."""
+        lo, hi = self.sde_window_range if self.sde_window_range else (0, max(self.steps // 2, self.sde_window))
+        return int(lo), int(hi)
 
     def validate(self) -> None:
         _positive(self, "sampling", ("steps", "batch_size", "batches_per_epoch", "group_size"))
+        _non_negative(self, "sampling", ("sde_window",))
+        if self.sde_window_range and len(self.sde_window_range) != 2:
+            raise ConfigError(f"sampling.sde_window_range must be [lo, hi], got {self.sde_window_range}")
+        if self.sde_window:
+            if not self.stochastic:
+                raise ConfigError("sampling.sde_window needs sampling.stochastic = true (the window is where noise is injected)")
+            lo, hi = self.window_range()
+            if not 0 <= lo < hi <= self.steps or hi - lo < self.sde_window:
+                raise ConfigError(
+                    f"sampling.sde_window = {self.sde_window} does not fit sampling.sde_window_range = [{lo}, {hi}] "
+                    f"within sampling.steps = {self.steps} (need 0 <= lo < hi <= steps and hi - lo >= sde_window)"
+                )
+        if self.same_latent and not self.stochastic:
+            raise ConfigError("sampling.same_latent needs sampling.stochastic = true: deterministic samples of a group would be identical")
 
 
 @register_section("train")

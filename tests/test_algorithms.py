@@ -153,7 +153,81 @@ def test_timestep_fraction_is_validated_by_every_algorithm(algorithm):
     cls = ALGORITHMS.get(algorithm)
     with pytest.raises(ConfigError, match=rf"{algorithm}.timestep_fraction must be in \(0, 1\], got 1.5"):
         cls(load_config(base_config(algorithm, "unused", sampling=stochastic, **{algorithm: {"timestep_fraction": 1.5}})))
-    with pytest.raises(ConfigError, match=rf"int\(sampling.steps x {algorithm}.timestep_fraction\) = 0"):
+    with pytest.raises(ConfigError, match=rf"int\(3 steps x {algorithm}.timestep_fraction\) = 0"):
         cls(load_config(base_config(algorithm, "unused", sampling=stochastic, **{algorithm: {"timestep_fraction": 0.1}})))
     assert cls(load_config(base_config(algorithm, "unused", sampling={**stochastic, "steps": 10},
                                        **{algorithm: {"timestep_fraction": 0.5}}))).steps_from_fraction() == 5
+
+
+# ------------------------------------------------------------ SDE window, shared latents, last step
+@pytest.mark.parametrize("algorithm", ["ddpo", "flow_grpo"])
+@pytest.mark.parametrize("kind", ["sd15", "sd3"])
+def test_sde_window_trains_exactly_the_window_steps(tiny_model, tmp_path, algorithm, kind):
+    trainer = make_trainer(tiny_model, kind, algorithm, tmp_path, run={"epochs": 1, "checkpoint_every": 0},
+                           sampling={"steps": 5, "sde_window": 2, "sde_window_range": [0, 4]})
+    assert trainer.grad_accum == 2 * 2  # 2 train batches x 2 window steps, one update per epoch
+    windows = {trainer.sde_window(epoch) for epoch in range(12)}
+    assert windows == {(0, 2), (1, 3), (2, 4)}  # every placement inside the range, drawn per epoch
+    assert trainer.sde_window(3) == trainer.sde_window(3)
+    batch = trainer.collect(epoch=0)
+    start, end = trainer.sde_window(0)
+    assert batch.sampler["sde_window"] == [start, end]
+    outside = [i for i in range(5) if not start <= i < end]
+    assert (batch.log_probs[:, outside] == 0).all()
+    trained = []
+    for unit in trainer.algorithm.micro_batches(batch, 0, 0):
+        step = unit[1]
+        trained.append(step.tolist() if torch.is_tensor(step) else [step] * batch.batch_size)
+        _, stats = trainer.algorithm.loss(unit)
+        assert abs(stats["ratio"].item() - 1) < 1e-6 and stats["clipfrac"].item() == 0  # on-policy
+    per_sample = torch.tensor(trained).T  # samples x micro-steps
+    assert all(sorted(row.tolist()) == list(range(start, end)) for row in per_sample)
+    before = trainable(trainer)
+    trainer.train()
+    assert trainer.global_step == 1 and any(not torch.equal(before[k], v) for k, v in trainable(trainer).items())
+
+
+def test_same_latent_shares_the_initial_noise_of_a_group_only(tiny_model, tmp_path):
+    trainer = make_trainer(tiny_model, "sd15", "flow_grpo", tmp_path,
+                           sampling={"batch_size": 8, "group_size": 4, "same_latent": True})
+    batch = trainer.collect(epoch=0)
+    first = batch.latents[:, 0].flatten(1)
+    groups = {}
+    for i, prompt in enumerate(batch.prompts):
+        groups.setdefault(prompt, []).append(i)
+    assert len(groups) == 2 and all(len(members) == 4 for members in groups.values())
+    (a, *rest_a), (b, *_) = groups.values()
+    for i in rest_a:
+        torch.testing.assert_close(first[i], first[a], rtol=0, atol=0)
+        assert not torch.equal(batch.latents[i, -1], batch.latents[a, -1])  # the steps' noise still differs
+    assert not torch.equal(first[a], first[b])
+    # a new epoch draws new initial noise
+    assert not torch.equal(trainer.collect(epoch=1).latents[:, 0].flatten(1)[0], first[a])
+
+
+def test_ddpo_skip_last_step_never_trains_the_last_transition(tiny_model, tmp_path):
+    trainer = make_trainer(tiny_model, "sd15", "ddpo", tmp_path, sampling={"steps": 5},
+                           ddpo={"skip_last_step": True, "timestep_fraction": 0.5})
+    assert trainer.algorithm.num_train_timesteps() == 2  # int((5 - 1) x 0.5)
+    batch = trainer.collect(epoch=0)
+    seen = torch.cat([steps for _, steps in trainer.algorithm.micro_batches(batch, 0, 0)])
+    assert len(seen) == 2 * batch.batch_size and seen.max() < 4 and len(set(seen.tolist())) > 1
+
+
+def test_sde_window_and_same_latent_settings_are_validated():
+    from diffalign.config import ConfigError, load_config
+    from tests.test_trainer import base_config
+
+    with pytest.raises(ConfigError, match="sampling.sde_window needs sampling.stochastic = true"):
+        load_config(base_config("awm", "unused", sampling={"stochastic": False, "sde_window": 1}))
+    with pytest.raises(ConfigError, match="does not fit sampling.sde_window_range"):
+        load_config(base_config("ddpo", "unused", sampling={"steps": 10, "sde_window": 3, "sde_window_range": [4, 6]}))
+    with pytest.raises(ConfigError, match=r"sampling.sde_window_range must be \[lo, hi\]"):
+        load_config(base_config("ddpo", "unused", sampling={"sde_window_range": [1]}))
+    with pytest.raises(ConfigError, match="sampling.same_latent needs sampling.stochastic"):
+        load_config(base_config("awm", "unused", sampling={"stochastic": False, "same_latent": True}))
+    assert load_config(base_config("ddpo", "unused", sampling={"steps": 10, "sde_window": 3})).sampling.window_range() == (0, 5)
+    # a window longer than half the schedule still fits by default (the shapes recipes on 3-step test runs)
+    assert load_config(base_config("ddpo", "unused", sampling={"steps": 3, "sde_window": 3})).sampling.window_range() == (0, 3)
+    with pytest.raises(ConfigError, match="does not fit"):
+        load_config(base_config("ddpo", "unused", sampling={"steps": 3, "sde_window": 4}))

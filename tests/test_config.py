@@ -108,7 +108,7 @@ def test_shipped_recipes_parse_and_validate(name):
 
 def test_recipes_are_findable_by_bare_name_and_expected_set_ships():
     assert {"ddpo_shapes", "flow_grpo_shapes", "awm_shapes", "ddpo_sd15_compressibility", "ddpo_sd15_aesthetic",
-            "flow_grpo_sd35m_geneval", "awm_sd35m_geneval"} <= set(shipped_recipes())
+            "flow_grpo_sd35m_geneval", "flow_grpo_fast_sd35m_geneval", "awm_sd35m_geneval"} <= set(shipped_recipes())
     with pytest.raises(ConfigError, match="shipped"):
         recipe_path("no_such_recipe")
 
@@ -120,6 +120,9 @@ def test_official_defaults_pinned():
     assert awm.awm.kl_beta == 0.001 and awm.awm.train_timesteps == 6 and awm.awm.weighting == "ghuber"
     ddpo = load_config(recipe_path("ddpo_sd15_compressibility"))
     assert ddpo.ddpo.clip_range == 1e-4 and ddpo.sampling.eta == 1.0 and ddpo.train.learning_rate == 3e-4
+    fast = load_config(recipe_path("flow_grpo_fast_sd35m_geneval"))
+    assert (fast.sampling.sde_window, fast.sampling.window_range(), fast.sampling.noise_level) == (3, (0, 5), 0.8)
+    assert fast.flow_grpo.clip_range == 1e-5 and fast.flow_grpo.kl_beta == 0 and fast.sampling.guidance_scale == 1.0
 
 
 def test_cli_reports_bad_key(capsys):

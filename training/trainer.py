@@ -6,7 +6,10 @@ Each epoch:
    sampler (the same seeded draw on every rank, each rank its slice); every sample's noise comes
    from its own generator seeded by ``(seed, epoch, batch, global sample index)``, so processes
    draw different noise, runs are reproducible, and the update does not depend on how the global
-   batch is split over processes. Rewards come from the scorer (``reward(media, prompts) -> [B]``).
+   batch is split over processes. With ``sampling.same_latent`` the initial noise is seeded by
+   ``(seed, epoch, prompt)`` instead, so a group shares it; with ``sampling.sde_window`` only a window of
+   steps, placed per epoch by ``(seed, epoch)``, is stochastic. Rewards come from the scorer
+   (``reward(media, prompts) -> [B]``).
 2. **Advantages** — rewards and prompts gathered from all processes, normalised (per-prompt
    history or group-relative), clipped, this rank's slice kept.
 3. **Training** — ``train.inner_epochs`` passes over the shuffled samples in train batches; the
@@ -39,6 +42,7 @@ import importlib.util
 import json
 import logging
 import math
+import random
 import time
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
@@ -317,13 +321,20 @@ class Trainer:
         acc = self.accelerator
         rollouts = []
         bar = self._bar(range(s.batches_per_epoch), f"epoch {epoch}: sampling")
+        window = self.sde_window(epoch)
         for b in bar:
             counter = self.prompt_sampler.counter
             prompts = self.prompt_sampler.next_batch()
             start = counter * s.batch_size * acc.num_processes + acc.process_index * s.batch_size
             indices = list(range(start, start + s.batch_size))
+            latents = None
+            if s.same_latent:  # one initial noise per prompt and epoch, whatever process samples it
+                latents = self.adapter.prepare_latents(
+                    len(prompts), [torch.Generator("cpu").manual_seed(derive_seed(self.config.run.seed, "latent", epoch, p))
+                                   for p in prompts], height=s.height, width=s.width)
             with torch.no_grad(), acc.autocast():
-                rollout = self.algorithm.rollout(prompts, self._generators("sample", epoch, indices=indices))
+                rollout = self.algorithm.rollout(prompts, self._generators("sample", epoch, indices=indices),
+                                                 sde_window=window, latents=latents)
             rollout.rewards = self.score(rollout.media, prompts)
             rollout.extras["sample_index"] = torch.tensor(indices, device=rollout.latents.device)
             if b == 0:
@@ -335,6 +346,16 @@ class Trainer:
                                         self.config.advantage.clip_max)
         batch.extras["advantages"] = self.algorithm.prepare_advantages(advantages).to(batch.latents.device)
         return batch
+
+    def sde_window(self, epoch: int) -> tuple[int, int] | None:
+        """This epoch's SDE window ``(start, end)`` (``sampling.sde_window``), the same on every process;
+        ``None`` when every step is stochastic."""
+        s = self.config.sampling
+        if not s.sde_window:
+            return None
+        lo, hi = s.window_range()
+        start = random.Random(derive_seed(self.config.run.seed, "sde_window", epoch)).randint(lo, hi - s.sde_window)
+        return start, start + s.sde_window
 
     def _bar(self, iterable, desc: str):
         if not self.config.run.progress or not self._is_main():
@@ -475,6 +496,8 @@ class Trainer:
                 "lr": float(self.lr_scheduler.get_last_lr()[0]), "seconds": time.time() - started,
                 **self.normalizer.stats(), **metrics,
             }
+            if "sde_window" in batch.sampler:
+                last["sde_window_start"] = batch.sampler["sde_window"][0]
             self._log(last)
             self._print(f"epoch {self.epoch}/{total}: reward {last['reward_mean']:.4f} loss {metrics.get('loss', float('nan')):.4g}")
             every = self.config.eval.every

@@ -115,8 +115,10 @@ class Algorithm:
     def adapter(self):
         return self.trainer.adapter
 
-    def rollout(self, prompts: list[str], generator) -> Rollout:
-        """Sample one batch with the ``[sampling]`` settings (no gradients)."""
+    def rollout(self, prompts: list[str], generator, *, sde_window: tuple[int, int] | None = None,
+                latents: torch.Tensor | None = None) -> Rollout:
+        """Sample one batch with the ``[sampling]`` settings (no gradients); ``sde_window`` and ``latents``
+        are chosen by the loop (``sampling.sde_window``, ``sampling.same_latent``)."""
         s = self.config.sampling
         return self.adapter.sample(
             prompts,
@@ -130,7 +132,14 @@ class Algorithm:
             log_probs=self.needs_log_probs,
             height=s.height,
             width=s.width,
+            sde_window=sde_window,
+            latents=latents,
         )
+
+    def window_steps(self, batch: Rollout) -> list[int] | None:
+        """The step indices of the batch's SDE window (``None``: every step is stochastic)."""
+        window = batch.sampler.get("sde_window")
+        return None if window is None else list(range(window[0], window[1]))
 
     def prepare_advantages(self, advantages: torch.Tensor) -> torch.Tensor:
         """Clipped advantages ``[n]`` -> what the loss uses (identity by default)."""
@@ -156,16 +165,19 @@ class Algorithm:
         pass
 
     # --------------------------------------------------------------------- helpers
-    def steps_from_fraction(self, minimum: int = 1) -> int:
-        """``int(sampling.steps x [name].timestep_fraction)``, the trained (or last trained) step count;
-        raises :class:`ConfigError` naming the keys when the fraction is outside (0, 1] or the count < ``minimum``."""
+    def steps_from_fraction(self, minimum: int = 1, pool: int | None = None) -> int:
+        """``int(pool x [name].timestep_fraction)``, the trained (or last trained) step count, where ``pool``
+        (default ``sampling.steps``) is the number of steps to choose from; raises :class:`ConfigError`
+        naming the keys when the fraction is outside (0, 1] or the count < ``minimum``."""
         fraction = self.cfg.timestep_fraction
         if not 0 < fraction <= 1:
             raise ConfigError(f"{self.name}.timestep_fraction must be in (0, 1], got {fraction}")
-        count = int(self.config.sampling.steps * fraction)
+        pool = self.config.sampling.steps if pool is None else pool
+        count = int(pool * fraction)
         if count < minimum:
             raise ConfigError(
-                f"int(sampling.steps x {self.name}.timestep_fraction) = {count}, must be >= {minimum}: raise either"
+                f"int({pool} steps x {self.name}.timestep_fraction) = {count}, must be >= {minimum}: "
+                f"raise sampling.steps or {self.name}.timestep_fraction"
             )
         return count
 

@@ -15,6 +15,11 @@ inside ``adapter.reference()``). ``kl_std = "unit_time"`` divides by the per-uni
 ``σ_t = std_step/sqrt(σ_i - σ_{i+1})``); ``"transition"`` uses the exact per-step std. The
 unconditional CFG branch is detached (``cfg_grad = "cond_only"``). The first
 ``int(S·timestep_fraction)`` steps are trained, in order (0.99 of 10 -> 9: the last step is skipped).
+
+Flow-GRPO-Fast (``sampling.sde_window = k``): only ``k`` consecutive steps, placed each epoch inside
+``sampling.sde_window_range`` (default the first half of the schedule), are stochastic; the others are
+deterministic ODE / DDIM steps. Every window step is trained and nothing else (``timestep_fraction``
+is not used), so all of a group's variation is credited to the steps that are trained.
 """
 from __future__ import annotations
 
@@ -56,10 +61,10 @@ class FlowGRPO(Algorithm):
         return self.steps_from_fraction()
 
     def micro_steps_per_batch(self) -> int:
-        return self.num_train_timesteps()
+        return self.config.sampling.sde_window or self.num_train_timesteps()
 
     def micro_batches(self, batch: Rollout, epoch: int, inner_epoch: int):
-        for step in range(self.num_train_timesteps()):
+        for step in self.window_steps(batch) or range(self.num_train_timesteps()):
             yield batch, step
 
     def kl_scale(self, batch: Rollout, step: int, std: torch.Tensor) -> torch.Tensor:
