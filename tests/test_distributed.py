@@ -26,21 +26,24 @@ torch.set_num_threads(1)
 from tests.test_trainer import make_trainer
 out, world = Path(sys.argv[1]), int(sys.argv[2])
 paths = dict(arg.split("=", 1) for arg in sys.argv[3:])
-cases = [("ddpo", "sd15", {}), ("flow_grpo", "sd3", {"sampling": {"guidance_scale": 2.0}}),
-         ("awm", "sd15", {"sampling": {"stochastic": False}})]
-for algorithm, kind, extra in cases:
+cases = [("ddpo", "ddpo", "sd15", {}), ("flow_grpo", "flow_grpo", "sd3", {"sampling": {"guidance_scale": 2.0}}),
+         ("awm", "awm", "sd15", {"sampling": {"stochastic": False}}),
+         # Flow-GRPO-Fast: the SDE window and each group's shared initial noise must not depend on the split
+         ("flow_grpo_fast", "flow_grpo", "sd15", {"sampling": {"steps": 4, "sde_window": 2, "sde_window_range": [0, 4],
+                                                               "same_latent": True}})]
+for case, algorithm, kind, extra in cases:
     sections = {"run": {"epochs": 2, "checkpoint_every": 0},
                 "sampling": {"batch_size": 4 // world, "batches_per_epoch": 1, "group_size": 2},
                 "train": {"batch_size": 2},
                 "advantage": {"mode": "per_prompt" if algorithm == "ddpo" else "group", "min_count": 1}}
     for name, values in extra.items():
         sections.setdefault(name, {}).update(values)
-    trainer = make_trainer(lambda k: Path(paths[k]), kind, algorithm, out / f"run-{algorithm}", **sections)
+    trainer = make_trainer(lambda k: Path(paths[k]), kind, algorithm, out / f"run-{case}", **sections)
     assert trainer.accelerator.num_processes == world, trainer.accelerator.num_processes
     trainer.train()
     if trainer.accelerator.is_main_process:
         save_file({k: v.float().cpu().contiguous() for k, v in trainer.trainable_state_dict().items()},
-                  str(out / f"{algorithm}.safetensors"))
+                  str(out / f"{case}.safetensors"))
     trainer.accelerator.wait_for_everyone()
 '''
 
@@ -69,7 +72,7 @@ def test_two_processes_match_one_process(tiny_model, tmp_path):
         cwd=ROOT, env=_env(), timeout=600, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    for algorithm in ("ddpo", "flow_grpo", "awm"):
+    for algorithm in ("ddpo", "flow_grpo", "awm", "flow_grpo_fast"):
         one = load_file(str(single / f"{algorithm}.safetensors"))
         two = load_file(str(double / f"{algorithm}.safetensors"))
         assert one.keys() == two.keys()

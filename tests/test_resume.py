@@ -9,16 +9,19 @@ from tests.test_trainer import make_trainer, trainable
 
 CASES = {
     # DDPO: per-prompt history tracker, weight EMA, 2 updates per epoch
-    "ddpo": ("sd15", {"advantage": {"mode": "per_prompt", "min_count": 2}, "train": {"ema": True, "ema_every": 1,
-              "updates_per_epoch": 2}}),
+    "ddpo": ("ddpo", "sd15", {"advantage": {"mode": "per_prompt", "min_count": 2}, "train": {"ema": True, "ema_every": 1,
+                                                                                           "updates_per_epoch": 2}}),
+    # DDPO on Flow-GRPO-Fast rollouts: the per-epoch SDE window and shared initial noise after the resume
+    "ddpo_fast": ("ddpo", "sd15", {"advantage": {"mode": "per_prompt", "min_count": 2},
+                                   "sampling": {"steps": 4, "sde_window": 2, "sde_window_range": [0, 4], "same_latent": True}}),
     # AWM: second LoRA adapter (EMA-KL anchor) and deterministic rollouts
-    "awm": ("sd3", {"sampling": {"stochastic": False}, "train": {"ema": True, "ema_every": 1}}),
+    "awm": ("awm", "sd3", {"sampling": {"stochastic": False}, "train": {"ema": True, "ema_every": 1}}),
 }
 
 
-@pytest.mark.parametrize("algorithm", list(CASES))
-def test_resumed_run_matches_uninterrupted_run(tiny_model, tmp_path, algorithm):
-    kind, sections = CASES[algorithm]
+@pytest.mark.parametrize("case", list(CASES))
+def test_resumed_run_matches_uninterrupted_run(tiny_model, tmp_path, case):
+    algorithm, kind, sections = CASES[case]
     sections = {**sections, "run": {"epochs": 3, "checkpoint_every": 2, "keep_checkpoints": 1}}
 
     straight = make_trainer(tiny_model, kind, algorithm, tmp_path / "straight", **sections)
