@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -65,8 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs < 3:
         parser.error("--epochs must be at least 3")
     torch.set_num_threads(args.threads)
-    import tempfile
-
     from diffalign.training.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as run_dir:

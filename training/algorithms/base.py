@@ -98,9 +98,14 @@ class Algorithm:
                 f"sampling.stochastic = false, but {self.name} needs per-step log-probs: set sampling.stochastic = true"
             )
 
-    def micro_steps_per_batch(self) -> int:
-        """Backward passes per train batch (e.g. the number of trained timesteps)."""
+    def num_train_timesteps(self) -> int:
+        """Per-step policy gradients: how many of a sample's steps are trained without an SDE window."""
         raise NotImplementedError
+
+    def micro_steps_per_batch(self) -> int:
+        """Backward passes per train batch: by default one per trained step, i.e. the SDE window's steps
+        (``sampling.sde_window``) or ``num_train_timesteps()`` without a window."""
+        return self.config.sampling.sde_window or self.num_train_timesteps()
 
     def updates_per_pass(self) -> int:
         """Optimizer steps per pass over the epoch's samples."""

@@ -62,9 +62,6 @@ class DDPO(Algorithm):
     def num_train_timesteps(self) -> int:
         return self.steps_from_fraction(pool=self.config.sampling.steps - int(self.cfg.skip_last_step))
 
-    def micro_steps_per_batch(self) -> int:
-        return self.config.sampling.sde_window or self.num_train_timesteps()
-
     def micro_batches(self, batch: Rollout, epoch: int, inner_epoch: int):
         window = self.window_steps(batch)
         pool = torch.tensor(window) if window else torch.arange(batch.num_steps - int(self.cfg.skip_last_step))
@@ -72,7 +69,7 @@ class DDPO(Algorithm):
             pool[torch.randperm(len(pool), generator=self.generator("time", epoch, inner_epoch, int(g)))]
             for g in batch.extras["sample_index"].tolist()
         ])
-        for j in range(len(pool) if window else self.num_train_timesteps()):
+        for j in range(self.micro_steps_per_batch()):
             yield batch, perms[:, j]
 
     def loss(self, micro):

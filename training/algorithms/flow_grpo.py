@@ -60,9 +60,6 @@ class FlowGRPO(Algorithm):
     def num_train_timesteps(self) -> int:
         return self.steps_from_fraction()
 
-    def micro_steps_per_batch(self) -> int:
-        return self.config.sampling.sde_window or self.num_train_timesteps()
-
     def micro_batches(self, batch: Rollout, epoch: int, inner_epoch: int):
         for step in self.window_steps(batch) or range(self.num_train_timesteps()):
             yield batch, step
