@@ -440,9 +440,11 @@ def test_weighted_spec_builds_weighted_sum(monkeypatch, ckpt, built):
     received = {}
 
     def reuse(key):  # the real factories are exercised above; here reuse the built scorers
+        scorer = built(key)  # build before the factory is replaced: building it goes through the registry
+
         def factory(**options):
             received[key] = options
-            return built(key)
+            return scorer
 
         return factory
 
