@@ -44,7 +44,7 @@ class ConfigError(ValueError):
 #: section name -> dataclass
 SECTIONS: dict[str, type] = {}
 #: modules imported before reporting an unknown section (they register trainer sections)
-SECTION_PROVIDERS: list[str] = ["diffalign.training.algorithms"]
+SECTION_PROVIDERS: list[str] = ["diffalign.training.algorithms", "diffalign.preferences"]
 
 
 def register_section(name: str):
