@@ -117,6 +117,8 @@ class PipelineAdapter(ABC):
             pipe.to(device)
         self._reference_model: torch.nn.Module | None = None
         self._reference_active = False
+        #: named snapshots of the trainable weights (see :meth:`save_snapshot`)
+        self._snapshots: dict[str, dict[str, torch.Tensor]] = {}
         self.lora_config = None
         self.lora_adapter_name = "default"
         for module in self._frozen_modules():
@@ -198,6 +200,10 @@ class PipelineAdapter(ABC):
     @abstractmethod
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Forward process ``q(x_t | x0)`` at diffusers timesteps ``t`` (``[B]``)."""
+
+    @abstractmethod
+    def implied_noise(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The noise ``ε`` with ``add_noise(x0, ε, t) == x_t`` (the target of an inversion-based loss)."""
 
     @abstractmethod
     def training_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -455,6 +461,67 @@ class PipelineAdapter(ABC):
                     yield self
                 finally:
                     self._reference_active = False
+
+    # ----------------------------------------------------------------- snapshots
+    def trainable_named_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """The denoiser's trainable parameters by name (the trained LoRA adapter, or every weight)."""
+        return {n: p for n, p in self.trainable_denoiser.named_parameters() if p.requires_grad}
+
+    def save_snapshot(self, name: str, weights: dict[str, torch.Tensor] | None = None) -> None:
+        """Keep a copy of the current trainable weights (or of ``weights``) as the snapshot ``name``.
+
+        Snapshots are the named references of the algorithms: AWM's EMA anchor, SePPO's pool of past
+        checkpoints, DRO's lagged sampler, IPO's round start. :meth:`reference` stays the frozen base. With
+        LoRA a snapshot costs one copy of the adapter, not of the model.
+        """
+        params = self.trainable_named_parameters()
+        if not params:
+            raise AdapterError("no trainable parameters to snapshot: attach LoRA or unfreeze the denoiser first")
+        source = weights if weights is not None else {n: p.detach() for n, p in params.items()}
+        missing = [n for n in params if n not in source]
+        if missing:
+            raise AdapterError(f"snapshot {name!r} lacks trainable parameters, e.g. {missing[:3]}")
+        self._snapshots[name] = {n: source[n].detach().to(params[n].device, params[n].dtype).clone() for n in params}
+
+    def snapshot_weights(self, name: str) -> dict[str, torch.Tensor]:
+        """The tensors of snapshot ``name`` (modify them in place to update it, e.g. an EMA)."""
+        if name not in self._snapshots:
+            raise AdapterError(f"no snapshot named {name!r}; saved: {', '.join(self._snapshots) or 'none'}")
+        return self._snapshots[name]
+
+    @property
+    def snapshot_names(self) -> list[str]:
+        return list(self._snapshots)
+
+    def drop_snapshot(self, name: str) -> None:
+        self._snapshots.pop(name, None)
+
+    @contextlib.contextmanager
+    def snapshot(self, name: str) -> Iterator["PipelineAdapter"]:
+        """Inside, the trainable parameters hold snapshot ``name`` (no gradients); restored on exit.
+
+        The parameters' storage is swapped, not copied, so entering costs nothing at any model size.
+        """
+        weights = self.snapshot_weights(name)
+        params = self.trainable_named_parameters()
+        saved = {n: p.data for n, p in params.items()}
+        with torch.no_grad():
+            try:
+                for n, p in params.items():
+                    p.data = weights[n]
+                yield self
+            finally:
+                for n, p in params.items():
+                    p.data = saved[n]
+
+    def snapshots_state(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Every snapshot on CPU (for checkpoints)."""
+        return {name: {n: t.detach().cpu().clone() for n, t in w.items()} for name, w in self._snapshots.items()}
+
+    def load_snapshots_state(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
+        self._snapshots = {}
+        for name, weights in state.items():
+            self.save_snapshot(name, weights)
 
     # ------------------------------------------------------------------------ LoRA
     def add_lora(

@@ -107,6 +107,11 @@ class DiffusionProcess:
         alphas = self._per_sample_alphas(t, x0)
         return alphas**0.5 * x0 + (1 - alphas) ** 0.5 * noise
 
+    def implied_noise(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``ε̃ = (x_t - sqrt(ᾱ_t) x0) / sqrt(1-ᾱ_t)`` (SmPO's target for an inverted ``x_t``)."""
+        alphas = self._per_sample_alphas(t, x0)
+        return (x_t - alphas**0.5 * x0) / (1 - alphas) ** 0.5
+
     def training_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``ε`` (epsilon), ``v = sqrt(ᾱ_t) ε - sqrt(1-ᾱ_t) x0`` (v_prediction) or ``x0`` (sample)."""
         if x0.shape != noise.shape:

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import torch
 
+from diffalign.media import check_media
 from diffalign.rollout import Rollout
 
 from .base import AdapterError, Conditioning, Generator
@@ -148,6 +149,13 @@ class FlowMatchingProcess:
         sigma = self._sigma(t, x0)
         return ((1 - sigma) * x0.float() + sigma * noise.float()).to(x0.dtype)
 
+    def implied_noise(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``ε̃ = (x_σ - (1-σ)·x0) / σ``."""
+        sigma = self._sigma(t, x0)
+        if (sigma <= 0).any():
+            raise AdapterError("implied_noise needs sigma > 0: at sigma = 0, x_t carries no noise")
+        return ((x_t.float() - (1 - sigma) * x0.float()) / sigma).to(x0.dtype)
+
     def training_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Flow-matching velocity target ``ε - x0`` (independent of ``t``)."""
         return noise - x0
@@ -256,17 +264,8 @@ def kl_vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
 
 def kl_vae_encode(vae, images: torch.Tensor, generator: Generator = None) -> torch.Tensor:
     """Inverse of :func:`kl_vae_decode`: posterior mean (or a posterior sample with ``generator``)."""
-    check_media(images, ndim=4)
+    check_media(images, "image")
     config = vae.config
     posterior = vae.encode((images * 2 - 1).to(vae.device, vae.dtype)).latent_dist
     z = posterior.sample(generator) if generator is not None else posterior.mode()
     return ((z.float() - (config.shift_factor or 0.0)) * config.scaling_factor)
-
-
-def check_media(media: torch.Tensor, ndim: int) -> None:
-    kind = "images B×C×H×W" if ndim == 4 else "videos B×T×C×H×W"
-    if not isinstance(media, torch.Tensor) or media.ndim != ndim:
-        shape = tuple(media.shape) if isinstance(media, torch.Tensor) else type(media).__name__
-        raise AdapterError(f"encode expects {kind} in [0, 1], got {shape}")
-    if media.shape[-3] != 3:
-        raise AdapterError(f"encode expects 3 RGB channels, got {media.shape[-3]} (shape {tuple(media.shape)})")

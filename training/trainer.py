@@ -1,32 +1,29 @@
-"""The one training loop for online RL (DDPO, Flow-GRPO, AWM), on ``accelerate``.
+"""The one training loop, on ``accelerate``, for every algorithm and data source.
 
 Each epoch:
 
-1. **Sampling** — ``sampling.batches_per_epoch`` batches per process. Prompts come from the group
-   sampler (the same seeded draw on every rank, each rank its slice); every sample's noise comes
-   from its own generator seeded by ``(seed, epoch, batch, global sample index)``, so processes
-   draw different noise, runs are reproducible, and the update does not depend on how the global
-   batch is split over processes. With ``sampling.same_latent`` the initial noise is seeded by
-   ``(seed, epoch, prompt)`` instead, so a group shares it; with ``sampling.sde_window`` only a window of
-   steps, placed per epoch by ``(seed, epoch)``, is stochastic. Rewards come from the scorer
-   (``reward(media, prompts) -> [B]``).
-2. **Advantages** — rewards and prompts gathered from all processes, normalised (per-prompt
-   history or group-relative), clipped, this rank's slice kept.
-3. **Training** — ``train.inner_epochs`` passes over the shuffled samples in train batches; the
-   algorithm splits each into micro-steps and gives their losses. Gradients accumulate over
-   ``(samples / train batch) x micro-steps / updates`` backward passes (derived, printed, checked
-   for divisibility), are averaged over processes, clipped, and one optimizer step is taken. A
-   non-finite loss or gradient skips the step (grads zeroed, logged); ``run.max_bad_steps``
-   consecutive skips stop training with :class:`TrainingDivergedError`, leaving the last good
-   checkpoint untouched.
+1. **Collection** — the algorithm's ``collect(epoch)`` gives this process's batch: online rollouts with
+   rewards and advantages (:mod:`diffalign.training.online`, the default) or preference examples read from
+   a dataset. Any batch that can be indexed, concatenated and moved will do; the algorithm says how many
+   examples an epoch holds (``samples_per_epoch``).
+2. **Training** — ``train.inner_epochs`` passes over the shuffled batch in train batches; the algorithm
+   splits each into micro-steps and gives their losses. Gradients accumulate over
+   ``(samples / train batch) x micro-steps / updates`` backward passes (derived, printed, checked for
+   divisibility), are averaged over processes, clipped, and one optimizer step is taken. The optimizer
+   trains the algorithm's parameter groups (each may have its own learning rate). A non-finite loss or
+   gradient skips the step (grads zeroed, logged); ``run.max_bad_steps`` consecutive skips stop training
+   with :class:`TrainingDivergedError`, leaving the last good checkpoint untouched.
+3. **Evaluation** — held-out prompts sampled through the algorithm (``evaluation_rollout``) with fixed
+   noise, scored by the reward.
 
 Gradients are averaged across processes explicitly rather than by wrapping the denoiser in DDP:
 the adapter calls its own denoiser module, and a DDP wrapper that is not the module used in the
 forward pass silently skips the all-reduce (the LoRA gradient-sync bug of the original DDPO code).
 
-The run folder holds ``config.toml``, ``metrics.jsonl``, ``checkpoints/``, sample grids
-(``samples/``), ``reward_curve.png`` and the final weights (``final/``: a diffusers LoRA or the
-trainable state).
+The run folder holds ``config.toml``, ``metrics.jsonl``, ``checkpoints/`` (weights, optimizer, the
+adapter's named snapshots, the algorithm's state such as a data position), sample grids (``samples/``),
+``reward_curve.png`` (:mod:`diffalign.training.report`) and the final weights (``final/``: a diffusers
+LoRA or the trainable state).
 
 From Python::
 
@@ -41,8 +38,6 @@ import importlib.resources
 import importlib.util
 import json
 import logging
-import math
-import random
 import time
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
@@ -50,10 +45,10 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 
 from diffalign.config import Config, ConfigError, load_config, to_toml
-from diffalign.rollout import Rollout
 
-from .advantages import build_normalizer, compute_advantages, select_nonzero_advantages
+from .advantages import build_normalizer
 from .algorithms import ALGORITHMS, Algorithm
+from .algorithms.base import ParamGroup
 from .checkpoint import capture_rng_state, find_latest_checkpoint, load_state, restore_rng_state, write_checkpoint
 from .prompts import GroupPromptSampler, ListSource, derive_seed, prompt_source
 
@@ -98,7 +93,7 @@ def _available_trackers(names: Sequence[str]) -> list[str]:
 
 
 class Trainer:
-    """Online RL trainer; the algorithm is ``config.run.algorithm`` (or fixed by a subclass)."""
+    """The training loop; the algorithm is ``config.run.algorithm`` (or fixed by a subclass)."""
 
     algorithm_name: ClassVar[str | None] = None
 
@@ -160,13 +155,13 @@ class Trainer:
         # model: shared init seed on every rank, so LoRA initial weights agree
         torch.manual_seed(derive_seed(run.seed, "init"))
         self.adapter = self._load_adapter(adapter)
-        self._setup_trainable()
+        self.algorithm.setup_trainable(self.adapter)
         self.algorithm.setup(self)
-        named = [(n, p) for n, p in self.adapter.trainable_denoiser.named_parameters() if p.requires_grad]
-        if not named:
-            raise ConfigError("nothing to train: the denoiser has no trainable parameters")
-        self.param_names = [n for n, _ in named]
-        self.params = [p for _, p in named]
+        self.param_groups: list[ParamGroup] = [g for g in self.algorithm.parameter_groups() if g.params]
+        if not self.param_groups:
+            raise ConfigError(f"nothing to train: {run.algorithm} gave no trainable parameters")
+        self.param_names = [n if g.name == "denoiser" else f"{g.name}/{n}" for g in self.param_groups for n in g.params]
+        self.params = [p for g in self.param_groups for p in g.params.values()]
         self._build_optimizer()
         self.ema = None
         if self.config.train.ema:
@@ -199,16 +194,15 @@ class Trainer:
     # ------------------------------------------------------------------------------- setup
     @property
     def samples_per_epoch(self) -> int:
-        s = self.config.sampling
-        return s.batch_size * s.batches_per_epoch
+        return self.algorithm.samples_per_epoch()
 
     def _derive_accumulation(self) -> int:
-        s, t = self.config.sampling, self.config.train
+        t = self.config.train
         n = self.samples_per_epoch
         if n % t.batch_size:
             raise ConfigError(
-                f"train.batch_size = {t.batch_size} must divide the samples per process and epoch "
-                f"(sampling.batch_size {s.batch_size} x sampling.batches_per_epoch {s.batches_per_epoch} = {n})"
+                f"train.batch_size = {t.batch_size} must divide the {n} samples per process and epoch of "
+                f"{self.config.run.algorithm} ({self.algorithm.samples_per_epoch_source()})"
             )
         batches = n // t.batch_size
         updates = self.algorithm.updates_per_pass()
@@ -233,22 +227,14 @@ class Trainer:
             adapter.configure_memory(gradient_checkpointing=True)
         return adapter
 
-    def _setup_trainable(self) -> None:
-        m = self.config.model
-        if m.lora:
-            if self.adapter.lora_config is None:
-                self.adapter.add_lora(rank=m.lora_rank, alpha=m.lora_alpha, target_modules=m.lora_targets or None,
-                                      init=m.lora_init)
-        else:
-            self.adapter.freeze_reference()  # the reference must be the weights before training
-            self.adapter.trainable_denoiser.requires_grad_(True)
-
     def _build_optimizer(self) -> None:
         from diffusers.optimization import get_scheduler
 
         t = self.config.train
+        groups = [{"params": list(g.params.values()), "lr": g.learning_rate or t.learning_rate, **g.options}
+                  for g in self.param_groups]
         optimizer = torch.optim.AdamW(
-            self.params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
+            groups, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
             weight_decay=t.weight_decay, eps=t.adam_epsilon,
         )
         total_steps = self.config.run.epochs * t.inner_epochs * self.algorithm.updates_per_pass()
@@ -314,48 +300,10 @@ class Trainer:
         finally:
             self.ema.restore(self.params)
 
-    # ---------------------------------------------------------------------------- sampling
-    def collect(self, epoch: int) -> Rollout:
-        """The sampling phase of one epoch: rollouts with rewards and this rank's advantages."""
-        s = self.config.sampling
-        acc = self.accelerator
-        rollouts = []
-        bar = self._bar(range(s.batches_per_epoch), f"epoch {epoch}: sampling")
-        window = self.sde_window(epoch)
-        for b in bar:
-            counter = self.prompt_sampler.counter
-            prompts = self.prompt_sampler.next_batch()
-            start = counter * s.batch_size * acc.num_processes + acc.process_index * s.batch_size
-            indices = list(range(start, start + s.batch_size))
-            latents = None
-            if s.same_latent:  # one initial noise per prompt and epoch, whatever process samples it
-                latents = self.adapter.prepare_latents(
-                    len(prompts), [torch.Generator("cpu").manual_seed(derive_seed(self.config.run.seed, "latent", epoch, p))
-                                   for p in prompts], height=s.height, width=s.width)
-            with torch.no_grad(), acc.autocast():
-                rollout = self.algorithm.rollout(prompts, self._generators("sample", epoch, indices=indices),
-                                                 sde_window=window, latents=latents)
-            rollout.rewards = self.score(rollout.media, prompts)
-            rollout.extras["sample_index"] = torch.tensor(indices, device=rollout.latents.device)
-            if b == 0:
-                self._last_media = rollout.media.detach().cpu()
-            rollout.media = None
-            rollouts.append(rollout)
-        batch = Rollout.cat(rollouts)
-        advantages = compute_advantages(self.normalizer, batch.rewards, batch.prompts, acc,
-                                        self.config.advantage.clip_max)
-        batch.extras["advantages"] = self.algorithm.prepare_advantages(advantages).to(batch.latents.device)
-        return batch
-
-    def sde_window(self, epoch: int) -> tuple[int, int] | None:
-        """This epoch's SDE window ``(start, end)`` (``sampling.sde_window``), the same on every process;
-        ``None`` when every step is stochastic."""
-        s = self.config.sampling
-        if not s.sde_window:
-            return None
-        lo, hi = s.window_range()
-        start = random.Random(derive_seed(self.config.run.seed, "sde_window", epoch)).randint(lo, hi - s.sde_window)
-        return start, start + s.sde_window
+    # -------------------------------------------------------------------------- collection
+    def collect(self, epoch: int):
+        """This process's batch for ``epoch``, as the algorithm collects it."""
+        return self.algorithm.collect(epoch)
 
     def _bar(self, iterable, desc: str):
         if not self.config.run.progress or not self._is_main():
@@ -407,7 +355,7 @@ class Trainer:
         self.algorithm.after_update(self.global_step)
         return {"grad_norm": float(grad_norm), "skipped_steps": 0.0}
 
-    def train_on(self, batch: Rollout, epoch: int) -> dict[str, float]:
+    def train_on(self, batch, epoch: int) -> dict[str, float]:
         """The training phase of one epoch."""
         acc = self.accelerator
         t = self.config.train
@@ -420,26 +368,21 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + v
                 counts[k] = counts.get(k, 0) + 1
 
-        train_batch_size = t.batch_size
-        if self.config.advantage.drop_zero:
-            num_batches = batch.batch_size // t.batch_size
-            keep = select_nonzero_advantages(batch.extras["advantages"], num_batches, torch.Generator().manual_seed(
-                derive_seed(self.config.run.seed, "drop_zero", epoch, acc.process_index)))
-            record({"kept_fraction": len(keep) / batch.batch_size})
-            batch = batch[keep.to(batch.latents.device)]
-            train_batch_size = batch.batch_size // num_batches
-        denoiser = self.adapter.trainable_denoiser
-        denoiser.train()
+        batch, train_batch_size, selected = self.algorithm.select_for_training(batch, epoch)
+        record(selected)
+        modules = [g.module for g in self.param_groups if g.module is not None]
+        for module in modules:
+            module.train()
         window_bad = False
         for inner in range(t.inner_epochs):
             order = torch.randperm(batch.batch_size, generator=torch.Generator().manual_seed(
                 derive_seed(self.config.run.seed, "shuffle", epoch, inner, acc.process_index)))
-            shuffled = batch[order.to(batch.latents.device)]
+            shuffled = batch[order]
             starts = range(0, batch.batch_size, train_batch_size)
             for start in self._bar(starts, f"epoch {epoch}: training"):
                 train_batch = shuffled[start : start + train_batch_size]
                 for micro in self.algorithm.micro_batches(train_batch, epoch, inner):
-                    with acc.accumulate(denoiser):
+                    with acc.accumulate(*modules):
                         with acc.autocast():
                             loss, stats = self.algorithm.loss(micro)
                         if torch.isfinite(loss):
@@ -450,7 +393,8 @@ class Trainer:
                         if acc.sync_gradients:
                             record(self._optimizer_step(window_bad))
                             window_bad = False
-        denoiser.eval()
+        for module in modules:
+            module.eval()
         return {k: sums[k] / counts[k] for k in sums}
 
     # ------------------------------------------------------------------------------- epochs
@@ -486,20 +430,17 @@ class Trainer:
         for epoch in range(self.epoch, total):
             started = time.time()
             batch = self.collect(epoch)
-            rewards, _ = _gathered(self.accelerator, batch.rewards)
+            collected = self.algorithm.epoch_stats(batch)
             metrics = self.train_on(batch, epoch)
             self.algorithm.after_epoch(epoch, self.global_step)
             self.epoch = epoch + 1
             last = {
-                "epoch": self.epoch, "global_step": self.global_step,
-                "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std(unbiased=False)),
-                "lr": float(self.lr_scheduler.get_last_lr()[0]), "seconds": time.time() - started,
-                **self.normalizer.stats(), **metrics,
+                "epoch": self.epoch, "global_step": self.global_step, **collected,
+                "lr": float(self.lr_scheduler.get_last_lr()[0]), "seconds": time.time() - started, **metrics,
             }
-            if "sde_window" in batch.sampler:
-                last["sde_window_start"] = batch.sampler["sde_window"][0]
             self._log(last)
-            self._print(f"epoch {self.epoch}/{total}: reward {last['reward_mean']:.4f} loss {metrics.get('loss', float('nan')):.4g}")
+            shown = f"reward {last['reward_mean']:.4f} " if "reward_mean" in last else ""
+            self._print(f"epoch {self.epoch}/{total}: {shown}loss {metrics.get('loss', float('nan')):.4g}")
             every = self.config.eval.every
             if (every and self.epoch % every == 0) or self.epoch == total:
                 self.evaluate()
@@ -517,7 +458,7 @@ class Trainer:
         """Mean reward on the held-out prompts with the deterministic (or ``eval``) sampler and fixed noise,
         using the EMA weights when ``eval.use_ema``. Logs ``eval/reward_mean`` and ``eval/reward_std``; the
         returned dict also holds ``eval/rewards``, one reward per prompt in prompt order (for paired tests)."""
-        e, s = self.config.eval, self.config.sampling
+        e = self.config.eval
         acc = self.accelerator
         prompts = list(prompts or self.eval_prompts)
         mine = list(range(acc.process_index, len(prompts), acc.num_processes))
@@ -527,12 +468,8 @@ class Trainer:
             for start in range(0, len(mine), e.batch_size):
                 idx = mine[start : start + e.batch_size]
                 batch_prompts = [prompts[i] for i in idx]
-                rollout = self.adapter.sample(
-                    batch_prompts, steps=e.steps, guidance_scale=e.guidance_scale,
-                    generator=[torch.Generator("cpu").manual_seed(derive_seed(e.seed, "eval", i)) for i in idx],
-                    negative_prompts=s.negative_prompt or None, stochastic=e.stochastic, eta=s.eta,
-                    noise_level=s.noise_level, log_probs=False, height=s.height, width=s.width,
-                )
+                rollout = self.algorithm.evaluation_rollout(
+                    batch_prompts, [torch.Generator("cpu").manual_seed(derive_seed(e.seed, "eval", i)) for i in idx])
                 rewards.append(self.score(rollout.media, batch_prompts).cpu())
                 media.append(rollout.media.float().cpu())
         local = list(zip(mine, torch.cat(rewards).tolist() if rewards else []))
@@ -555,29 +492,10 @@ class Trainer:
 
     def plot_rewards(self) -> Path | None:
         """``reward_curve.png``: training reward per epoch and held-out reward per evaluation."""
-        import matplotlib
+        from .report import plot_reward_curve
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        train = [(h["epoch"], h["reward_mean"]) for h in self.history if "reward_mean" in h]
-        held = [(h["epoch"], h["eval/reward_mean"]) for h in self.history if "eval/reward_mean" in h]
-        if not train and not held:
-            return None
-        fig, ax = plt.subplots(figsize=(6, 4))
-        if train:
-            ax.plot(*zip(*train), label="train reward (sampling)")
-        if held:
-            ax.plot(*zip(*held), marker="o", label="held-out reward (eval)")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("reward")
-        ax.set_title(f"{self.config.run.algorithm}: {self.config.run.name}")
-        ax.legend()
-        fig.tight_layout()
-        path = self.run_dir / "reward_curve.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return path
+        return plot_reward_curve(self.history, self.run_dir / "reward_curve.png",
+                                 title=f"{self.config.run.algorithm}: {self.config.run.name}")
 
     # --------------------------------------------------------------------------- checkpoints
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
@@ -602,6 +520,7 @@ class Trainer:
                 "scheduler": self.lr_scheduler.state_dict(),
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "algorithm": self.algorithm.state_dict() or None,
+                "snapshots": self.adapter.snapshots_state() or None,
             },
             trainer_state=state,
             rng_state=capture_rng_state(),
@@ -630,6 +549,8 @@ class Trainer:
         self.lr_scheduler.load_state_dict(data["scheduler"])
         if self.ema is not None and data.get("ema") is not None:
             self.ema.load_state_dict(data["ema"])
+        if data.get("snapshots"):
+            self.adapter.load_snapshots_state(data["snapshots"])
         if data.get("algorithm"):
             self.algorithm.load_state_dict(data["algorithm"])
         self.prompt_sampler.load_state_dict(state["prompt_sampler"])
@@ -648,27 +569,22 @@ class Trainer:
         """``final/``: a diffusers-loadable LoRA (``pytorch_lora_weights.safetensors``) or the trained weights."""
         final = self.run_dir / "final"
         if self._is_main():
-            with self.ema_weights() if self.config.eval.use_ema else contextlib.nullcontext():
-                if self.config.model.lora:
-                    self.adapter.save_lora(final)
-                else:
-                    from safetensors.torch import save_file
+            from safetensors.torch import save_file
 
-                    final.mkdir(parents=True, exist_ok=True)
-                    save_file({k: v.to("cpu", torch.float32).contiguous() for k, v in self.trainable_state_dict().items()},
-                              str(final / "denoiser.safetensors"))
+            final.mkdir(parents=True, exist_ok=True)
+            with self.ema_weights() if self.config.eval.use_ema else contextlib.nullcontext():
+                for group in self.param_groups:
+                    if group.name == "denoiser" and self.config.model.lora:
+                        self.adapter.save_lora(final)
+                    else:
+                        save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in group.params.items()},
+                                  str(final / f"{group.name}.safetensors"))
         self.accelerator.wait_for_everyone()
         return final
 
     def close(self) -> None:
         if self.accelerator.log_with and self._trackers_started:
             self.accelerator.end_training()
-
-
-def _gathered(accelerator, values: torch.Tensor) -> tuple[torch.Tensor, int]:
-    if accelerator.num_processes > 1:
-        values = accelerator.gather(values.float())
-    return values.float().cpu(), values.shape[0]
 
 
 class DDPOTrainer(Trainer):

@@ -22,10 +22,11 @@ Advantages are group-relative, clipped to ±``advantage.clip_max`` (5) and resca
 The official code writes the policy term as PPO's clipped ratio ``r = exp(ℓ_θ - sg(ℓ_old))`` with
 ``ℓ_old`` the detached current value, so ``r ≡ 1`` on-policy and ``∇L_pg = -mean A·∇ℓ``. We
 implement that gradient-equivalent form directly, ``L_pg = -mean(A·ℓ)``: same gradient, same
-optimizer update. ``f_ref`` is the reference (LoRA disabled / frozen copy); ``f_ema`` is a second
-LoRA adapter ``ema`` updated after every epoch as ``θ_ema ← d·θ_ema + (1-d)·θ``,
+optimizer update. ``f_ref`` is the reference (LoRA disabled / frozen copy); ``f_ema`` is the adapter's
+snapshot ``ema`` of the trainable weights, updated after every epoch as ``θ_ema ← d·θ_ema + (1-d)·θ``,
 ``d = min(ema_decay_max, ema_decay_rate·global_step)``. Training is strictly on-policy: exactly one
-optimizer step per epoch (gradients accumulate over all micro-batches of the epoch).
+optimizer step per epoch (gradients accumulate over all micro-batches of the epoch), so
+``train.inner_epochs`` and ``train.updates_per_epoch`` must be 1.
 
 Deliberate differences from the official code: training timesteps are drawn per sample (the
 official code shares one draw across a micro-batch), which makes the update independent of how
@@ -33,7 +34,6 @@ samples are split over processes; the "skip the first two epochs" sampler workar
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -42,7 +42,7 @@ import torch
 from diffalign.config import ConfigError, register_section
 from diffalign.rollout import Rollout
 
-from .base import Algorithm, mean_over_sample, register_algorithm
+from .base import Algorithm, denoising_errors, register_algorithm
 
 GHUBER_EPS = 1e-10
 
@@ -111,8 +111,12 @@ class AWM(Algorithm):
             raise ConfigError(f"awm.ghuber_power must be positive, got {c.ghuber_power}")
         if min(c.kl_beta, c.ema_beta) < 0:
             raise ConfigError("awm.kl_beta and awm.ema_beta must be >= 0")
-        if c.ema_beta > 0 and not self.config.model.lora:
-            raise ConfigError("awm.ema_beta > 0 needs a second LoRA adapter: set model.lora = true or awm.ema_beta = 0")
+        t = self.config.train
+        if t.inner_epochs != 1 or t.updates_per_epoch != 1:
+            raise ConfigError(
+                f"AWM trains strictly on-policy, one optimizer step per epoch: train.inner_epochs = {t.inner_epochs} "
+                f"and train.updates_per_epoch = {t.updates_per_epoch} must both be 1"
+            )
 
     def last_index(self) -> int:
         return self.steps_from_fraction(minimum=0)
@@ -123,64 +127,20 @@ class AWM(Algorithm):
     def updates_per_pass(self) -> int:
         return 1
 
-    # ------------------------------------------------------------------- EMA adapter
+    # ------------------------------------------------------------------- EMA anchor
     def setup(self, trainer) -> None:
         super().setup(trainer)
         if self.cfg.ema_beta > 0:
-            m = self.config.model
-            self.adapter.add_lora(
-                rank=m.lora_rank, alpha=m.lora_alpha, target_modules=m.lora_targets or None,
-                init=m.lora_init, adapter_name="ema",
-            )
-            self._activate("default")
-            with torch.no_grad():
-                for ema_param, param in self._adapter_pairs():
-                    ema_param.copy_(param)
-
-    def _activate(self, name: str) -> None:
-        """Make ``name`` the active adapter; only the ``default`` adapter's weights stay trainable."""
-        denoiser = self.adapter.trainable_denoiser
-        denoiser.set_adapter(name)
-        for pname, param in denoiser.named_parameters():
-            if "lora_" in pname:
-                param.requires_grad_(".default." in pname)
-
-    def _adapter_pairs(self):
-        params = dict(self.adapter.trainable_denoiser.named_parameters())
-        for name, param in params.items():
-            if ".ema." in name and "lora_" in name:
-                yield param, params[name.replace(".ema.", ".default.")]
-
-    @contextlib.contextmanager
-    def _ema_adapter(self):
-        self._activate("ema")
-        try:
-            with torch.no_grad():
-                yield
-        finally:
-            self._activate("default")
+            self.adapter.save_snapshot("ema")
 
     def after_epoch(self, epoch: int, global_step: int) -> None:
         if self.cfg.ema_beta <= 0:
             return
         decay = min(self.cfg.ema_decay_max, self.cfg.ema_decay_rate * global_step)
+        current = self.adapter.trainable_named_parameters()
         with torch.no_grad():
-            for ema_param, param in self._adapter_pairs():
-                ema_param.mul_(decay).add_(param.detach(), alpha=1 - decay)
-
-    def state_dict(self):
-        if self.cfg.ema_beta <= 0:
-            return {}
-        params = self.adapter.trainable_denoiser.named_parameters()
-        return {"ema_adapter": {n: p.detach().cpu().clone() for n, p in params if ".ema." in n and "lora_" in n}}
-
-    def load_state_dict(self, state) -> None:
-        if not state.get("ema_adapter"):
-            return
-        params = dict(self.adapter.trainable_denoiser.named_parameters())
-        with torch.no_grad():
-            for name, value in state["ema_adapter"].items():
-                params[name].copy_(value)
+            for name, ema in self.adapter.snapshot_weights("ema").items():
+                ema.mul_(decay).add_(current[name].detach(), alpha=1 - decay)
 
     # -------------------------------------------------------------------------- loss
     def prepare_advantages(self, advantages: torch.Tensor) -> torch.Tensor:
@@ -216,10 +176,9 @@ class AWM(Algorithm):
         noise = noise.reshape(b * k, *noise.shape[2:]).to(x0)
         t = timesteps.reshape(-1)
         x_t = adapter.add_noise(x0, noise, t)
-        target = adapter.training_target(x0, noise, t)
         conditioning = {"cond": slice_cond(batch.conditioning["cond"], repeat.to(batch.latents.device)), "uncond": None}
-        prediction = adapter.predict(x_t, t, conditioning, guidance_scale=1.0)
-        m = mean_over_sample((prediction.double() - target.double()) ** 2)
+        errors = denoising_errors(adapter, x0, noise, t, conditioning, x_t=x_t, reference=None)
+        prediction, m = errors.prediction, errors.policy
         t_unit = t.double() / getattr(adapter, "num_train_timesteps", 1000)
         ell = awm_log_likelihood(m, t_unit, self.cfg.weighting, self.cfg.ghuber_power)
         advantages = batch.extras["advantages"].to(ell.device).double().repeat_interleave(k)
@@ -233,7 +192,7 @@ class AWM(Algorithm):
             loss = loss + self.cfg.kl_beta * kl
             stats["kl"] = kl.detach()
         if self.cfg.ema_beta > 0:
-            with self._ema_adapter():
+            with adapter.snapshot("ema"):
                 ema = adapter.predict(x_t, t, conditioning, guidance_scale=1.0)
             kl_ema = ((prediction.float() - ema.float()) ** 2).mean()
             loss = loss + self.cfg.ema_beta * kl_ema

@@ -1,25 +1,31 @@
 """What an algorithm supplies to the one training loop, and the loss pieces they share.
 
-The loop (:class:`diffalign.training.trainer.Trainer`) owns sampling order, rewards, advantages,
-gradient accumulation, optimizer steps, EMA, checkpoints and logging. An :class:`Algorithm` owns
-only what is its own:
+The loop (:class:`diffalign.training.trainer.Trainer`) owns devices, gradient accumulation, optimizer
+steps, EMA, checkpoints, evaluation and logging. An :class:`Algorithm` owns what is its own:
 
-* :meth:`rollout` — how a batch of prompts becomes a :class:`~diffalign.rollout.Rollout` (sampler
-  settings, whether log-probs are recorded);
-* :meth:`prepare_advantages` — any rescaling of the clipped advantages;
-* :meth:`micro_batches` / :meth:`loss` — how a train batch splits into backward passes and the loss
-  of each;
-* :meth:`micro_steps_per_batch` / :meth:`updates_per_pass` — from which the loop derives gradient
-  accumulation;
+* **data** — :meth:`collect` gives the epoch's batch (default: online rollouts with rewards and
+  advantages, :mod:`diffalign.training.online`; preference algorithms read a dataset) and
+  :meth:`samples_per_epoch` says how many examples it holds per process. A batch is anything that can be
+  indexed, concatenated and moved (:class:`~diffalign.rollout.Rollout`,
+  :class:`~diffalign.preferences.PreferenceBatch`);
+* **what is trained** — :meth:`setup_trainable` (default: the denoiser's LoRA or all its weights) and
+  :meth:`parameter_groups` (named groups of parameters, each with an optional learning rate; a frozen
+  model with another trainable is possible);
+* **how it is sampled for evaluation** — :meth:`evaluation_rollout`, so a trainable that is not the
+  denoiser (a noise distribution) shows in the held-out score;
+* **the loss** — :meth:`micro_batches` / :meth:`loss`, with :meth:`micro_steps_per_batch` /
+  :meth:`updates_per_pass` from which the loop derives gradient accumulation;
 * optional hooks :meth:`setup`, :meth:`after_update`, :meth:`after_epoch` and a checkpointable
   :meth:`state_dict`.
 
 Algorithms talk to the model only through the adapter primitives (``sample``, ``step_log_prob``,
-``predict``, ``add_noise``, ``training_target``, ``reference``, ``add_lora``), so none knows the
-model family.
+``predict``, ``add_noise``, ``training_target``, ``reference``, named ``snapshot``\ s, ``add_lora``), so
+none knows the model family. :func:`denoising_errors` is the one place where the denoising error of policy
+and reference is computed (every preference loss, AWM).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 
 import torch
@@ -31,7 +37,10 @@ from diffalign.rollout import Rollout
 if TYPE_CHECKING:
     from ..trainer import Trainer
 
-__all__ = ["ALGORITHMS", "Algorithm", "clipped_policy_loss", "mean_over_sample", "register_algorithm"]
+__all__ = [
+    "ALGORITHMS", "Algorithm", "DenoisingErrors", "ParamGroup", "clipped_policy_loss", "denoising_errors",
+    "mean_over_sample", "register_algorithm",
+]
 
 #: algorithm name -> Algorithm subclass (other packages add theirs via entry points)
 ALGORITHMS: Registry[type["Algorithm"]] = Registry("algorithm", entry_point_group="diffalign.algorithms")
@@ -67,6 +76,63 @@ def clipped_policy_loss(
             "ratio": ratio.detach().mean(),
         }
     return loss, stats
+
+
+@dataclass
+class DenoisingErrors:
+    """Per-sample denoising errors ``e = mean_d (f(x_t, t, c) - target)²`` in float64 (``[B]``), in the
+    model's own prediction space (ε, v or flow velocity), for the policy and optionally a reference."""
+
+    policy: torch.Tensor
+    reference: torch.Tensor | None
+    #: the policy's prediction (with gradient), for extra terms such as a KL on predictions
+    prediction: torch.Tensor
+    target: torch.Tensor
+
+
+def denoising_errors(
+    adapter,
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    t: torch.Tensor,
+    conditioning: dict[str, Any],
+    *,
+    x_t: torch.Tensor | None = None,
+    reference: str | None = "base",
+) -> DenoisingErrors:
+    """Policy and reference denoising errors on the same ``x_t``, ``t`` and noise.
+
+    ``x_t = add_noise(x0, noise, t)`` unless given (SmPO's inverted ``x_t``, whose noise is then
+    :meth:`implied_noise`); target ``training_target(x0, noise, t)``. ``reference``: ``"base"`` (the frozen
+    model, :meth:`reference`), a snapshot name (:meth:`snapshot`), or ``None`` (policy only). No CFG:
+    conditioning's ``uncond`` is ignored.
+    """
+    if x_t is None:
+        x_t = adapter.add_noise(x0, noise, t)
+    target = adapter.training_target(x0, noise, t)
+    cond = {"cond": conditioning["cond"], "uncond": None}
+    prediction = adapter.predict(x_t, t, cond, guidance_scale=1.0)
+    policy = mean_over_sample((prediction.double() - target.double()) ** 2)
+    ref = None
+    if reference is not None:
+        context = adapter.reference() if reference == "base" else adapter.snapshot(reference)
+        with context:
+            ref_prediction = adapter.predict(x_t, t, cond, guidance_scale=1.0)
+        ref = mean_over_sample((ref_prediction.double() - target.double()) ** 2)
+    return DenoisingErrors(policy=policy, reference=ref, prediction=prediction, target=target)
+
+
+@dataclass
+class ParamGroup:
+    """Trainable parameters under one name, with an optional learning rate (default ``train.learning_rate``).
+    ``module`` is put in train mode for the training phase. Parameter names are saved as given for the
+    ``denoiser`` group and as ``group/name`` for the others."""
+
+    name: str
+    params: dict[str, torch.nn.Parameter]
+    learning_rate: float | None = None
+    module: torch.nn.Module | None = None
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 class Algorithm:
@@ -111,14 +177,72 @@ class Algorithm:
         """Optimizer steps per pass over the epoch's samples."""
         return self.config.train.updates_per_epoch
 
+    def samples_per_epoch(self) -> int:
+        """Examples per process in one epoch's batch (online: ``sampling.batch_size x batches_per_epoch``)."""
+        s = self.config.sampling
+        return s.batch_size * s.batches_per_epoch
+
+    def samples_per_epoch_source(self) -> str:
+        """Where :meth:`samples_per_epoch` comes from, for error messages."""
+        s = self.config.sampling
+        return f"sampling.batch_size {s.batch_size} x sampling.batches_per_epoch {s.batches_per_epoch}"
+
     # ---------------------------------------------------------------------- hooks
+    def setup_trainable(self, adapter) -> None:
+        """Make the trainable parameters trainable: a LoRA adapter on the denoiser (``model.lora``) or every
+        denoiser weight (the frozen base is snapshotted first, so :meth:`reference` is the model before
+        training)."""
+        m = self.config.model
+        if m.lora:
+            if adapter.lora_config is None:
+                adapter.add_lora(rank=m.lora_rank, alpha=m.lora_alpha, target_modules=m.lora_targets or None,
+                                 init=m.lora_init)
+        else:
+            adapter.freeze_reference()
+            adapter.trainable_denoiser.requires_grad_(True)
+
     def setup(self, trainer: "Trainer") -> None:
-        """Called once the adapter (with LoRA) exists and before the optimizer is built."""
+        """Called once the trainable parameters exist and before the optimizer is built."""
         self.trainer = trainer
+
+    def parameter_groups(self) -> list[ParamGroup]:
+        """What the optimizer trains (default: the denoiser's trainable parameters)."""
+        adapter = self.adapter
+        return [ParamGroup("denoiser", adapter.trainable_named_parameters(), module=adapter.trainable_denoiser)]
 
     @property
     def adapter(self):
         return self.trainer.adapter
+
+    def collect(self, epoch: int) -> Any:
+        """The epoch's batch for this process (default: online rollouts, rewards and advantages)."""
+        from ..online import collect_rollouts
+
+        return collect_rollouts(self.trainer, self, epoch)
+
+    def epoch_stats(self, batch: Any) -> dict[str, Any]:
+        """Metrics of the collected batch, logged with the epoch (default: the online reward statistics)."""
+        from ..online import rollout_stats
+
+        return rollout_stats(self.trainer, batch)
+
+    def select_for_training(self, batch: Any, epoch: int) -> tuple[Any, int, dict[str, float]]:
+        """The part of the batch that is trained on and its train batch size (default: all of it, or the
+        non-zero advantages under ``advantage.drop_zero``)."""
+        if self.config.advantage.drop_zero:
+            from ..online import drop_zero_advantages
+
+            return drop_zero_advantages(self.trainer, batch, epoch)
+        return batch, self.config.train.batch_size, {}
+
+    def evaluation_rollout(self, prompts: list[str], generator) -> Rollout:
+        """Held-out samples with the ``[eval]`` sampler settings (no gradients, decoded media)."""
+        e, s = self.config.eval, self.config.sampling
+        return self.adapter.sample(
+            prompts, steps=e.steps, guidance_scale=e.guidance_scale, generator=generator,
+            negative_prompts=s.negative_prompt or None, stochastic=e.stochastic, eta=s.eta,
+            noise_level=s.noise_level, log_probs=False, height=s.height, width=s.width,
+        )
 
     def rollout(self, prompts: list[str], generator, *, sde_window: tuple[int, int] | None = None,
                 latents: torch.Tensor | None = None) -> Rollout:
