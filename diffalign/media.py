@@ -78,6 +78,20 @@ def load_image(path: str | Path) -> torch.Tensor:
         raise MediaError(f"{path}: cannot read image ({type(err).__name__}: {err})") from err
 
 
+def decode_image(data: bytes, name: str = "image") -> torch.Tensor:
+    """Image file bytes (PNG, JPEG, ...) -> ``3×H×W`` in [0, 1]; raises MediaError naming ``name`` if corrupt."""
+    import io
+
+    if not isinstance(data, (bytes, bytearray, memoryview)) or not len(data):
+        raise MediaError(f"{name}: no image bytes")
+    try:
+        with Image.open(io.BytesIO(bytes(data))) as im:
+            im.load()
+            return pil_to_tensor(im)[0]
+    except Exception as err:  # PIL raises many types for corrupt data
+        raise MediaError(f"{name}: cannot decode image ({type(err).__name__}: {err})") from err
+
+
 def load_video(path: str | Path, max_frames: int | None = None, every: int = 1) -> torch.Tensor:
     """Read a video file -> ``T×3×H×W`` in [0, 1] (imageio; ffmpeg for mp4/webm)."""
     import imageio.v3 as iio

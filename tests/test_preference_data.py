@@ -1,0 +1,251 @@
+"""Preference data: sources (Pick-a-Pic parquet, KTO CSV, manifests), the loader, and ``diffalign prefs``."""
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from diffalign.preferences import DataConfig, PreferenceBatch, PreferenceDataError, PreferenceLoader, open_preferences
+
+RED, BLUE, GREEN = (255, 0, 0), (0, 0, 255), (0, 255, 0)
+
+
+def png_bytes(color, size=(8, 8)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_pickapic(path, labels, corrupt=()):
+    """A Pick-a-Pic v2 schema parquet: the human-preferred image is red, the other blue; ``corrupt``
+    is a set of (row, column) whose bytes are garbage."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = {"caption": [], "jpg_0": [], "jpg_1": [], "label_0": [], "label_1": []}
+    for index, label_0 in enumerate(labels):
+        first, second = (RED, BLUE) if label_0 == 1 else (BLUE, RED) if label_0 == 0 else (GREEN, GREEN)
+        rows["caption"].append(f"{'tie' if label_0 == 0.5 else 'pair'} {index}")
+        for column, color in (("jpg_0", first), ("jpg_1", second)):
+            data = png_bytes(color)
+            rows[column].append(data[: len(data) // 3] if (index, column) in corrupt else data)
+        rows["label_0"].append(float(label_0))
+        rows["label_1"].append(1.0 - float(label_0))
+    pq.write_table(pa.table(rows), path)
+    return path
+
+
+@pytest.fixture
+def datasets_cache(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    return tmp_path
+
+
+def color_of(image: torch.Tensor) -> tuple[int, ...]:
+    return tuple(int(round(float(v) * 255)) for v in image[:, 0, 0])
+
+
+def test_pickapic_parquet_drops_ties_and_flips_pairs(datasets_cache):
+    labels = [1, 0, 0.5, 1, 0, 0.5, 0]
+    path = write_pickapic(datasets_cache / "train-0.parquet", labels)
+    pairs = open_preferences(DataConfig(source=str(path)), kind="pairs")
+    assert pairs.format == "pickapic" and pairs.dropped == {"tie": 2}
+    assert len(pairs) == 5 and [pairs.prompt(i) for i in range(5)] == ["pair 0", "pair 1", "pair 3", "pair 4", "pair 6"]
+    for index in range(len(pairs)):
+        example = pairs.row(index)
+        assert [color_of(m) for m in example.media] == [RED, BLUE], example.row_id  # preferred first, flips applied
+        assert example.label == 1.0
+    # derived kinds: every image as a label (preferred desirable), and the preferred images as winners
+    labelled = open_preferences(DataConfig(source=str(datasets_cache), kind="labels"), kind="pairs")
+    assert len(labelled) == 10 and [labelled.label(i) for i in range(4)] == [1.0, 0.0, 1.0, 0.0]
+    assert all(color_of(labelled.row(i).media[0]) == (RED if i % 2 == 0 else BLUE) for i in range(10))
+    winners = open_preferences(DataConfig(source=str(path), max_examples=4), kind="winners")
+    assert len(winners) == 3 and all(color_of(winners.row(i).media[0]) == RED for i in range(3))
+
+
+def test_pickapic_from_save_to_disk_and_offline_hub_id(datasets_cache, monkeypatch):
+    import datasets
+
+    table = {"caption": ["a", "b", "c"], "jpg_0": [png_bytes(RED), png_bytes(BLUE), png_bytes(RED)],
+             "jpg_1": [png_bytes(BLUE), png_bytes(RED), png_bytes(GREEN)], "label_0": [1.0, 0.0, 0.5], "label_1": [0.0, 1.0, 0.5]}
+    datasets.Dataset.from_dict(table).save_to_disk(str(datasets_cache / "saved"))
+    pairs = open_preferences(DataConfig(source=str(datasets_cache / "saved")), kind="pairs")
+    assert len(pairs) == 2 and all(color_of(pairs.row(i).media[0]) == RED for i in range(2))
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    with pytest.raises(PreferenceDataError, match="not in the local Hugging Face cache.*save_to_disk"):
+        open_preferences(DataConfig(source="nobody-here/no-such-dataset"), kind="pairs")
+    with pytest.raises(PreferenceDataError, match="no such"):
+        open_preferences(DataConfig(source=str(datasets_cache / "missing.parquet")), kind="pairs")
+
+
+def save_png(path, color, size=(8, 8)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path)
+    return path
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_kto_csv_and_manifests_load_images_and_videos(tmp_path):
+    from diffalign.media import save_video
+
+    save_png(tmp_path / "img" / "good.png", RED)
+    save_png(tmp_path / "img" / "bad.jpg", BLUE, size=(12, 8))
+    (tmp_path / "kto.csv").write_text("file_path,caption,label\nimg/good.png,a red one,exclusive_win\nimg/bad.jpg,a blue one,exclusive_lose\n")
+    kto = open_preferences(DataConfig(source=str(tmp_path / "kto.csv")), kind="labels")
+    assert kto.format == "kto_csv" and [kto.label(i) for i in range(2)] == [1.0, 0.0]
+    assert color_of(kto.row(0).media[0]) == RED and kto.row(1).media[0].shape == (3, 8, 12)
+    assert len(open_preferences(DataConfig(source=str(tmp_path / "kto.csv"), kind="winners"))) == 1
+    with pytest.raises(PreferenceDataError, match="labels source cannot give pairs"):
+        open_preferences(DataConfig(source=str(tmp_path / "kto.csv")), kind="pairs")
+    (tmp_path / "bad_kto.csv").write_text("file_path,caption,label\nimg/good.png,a red one,maybe\n")
+    with pytest.raises(PreferenceDataError, match=r"bad_kto.csv:2: label 'maybe'"):
+        open_preferences(DataConfig(source=str(tmp_path / "bad_kto.csv")), kind="labels")
+
+    sub = tmp_path / "manifests"
+    sub.mkdir()
+    write_jsonl(sub / "pairs.jsonl", [{"prompt": "p", "preferred": "../img/good.png", "rejected": "../img/bad.jpg", "soft_label": 0.7},
+                                      {"prompt": "q", "preferred": "../img/good.png", "rejected": "../img/bad.jpg"}])
+    pairs = open_preferences(DataConfig(source=str(sub / "pairs.jsonl"), resolution=4), kind="pairs")
+    assert [pairs.label(0), pairs.label(1)] == [0.7, 1.0]
+    batch = PreferenceLoader(pairs, DataConfig(examples_per_epoch=2, resolution=4), seed=0).next_batch()
+    assert batch.media.shape == (2, 2, 3, 4, 4) and torch.allclose(batch.labels.sort().values, torch.tensor([0.7, 1.0]))
+    assert color_of(batch.media[0, 0]) == RED and max(abs(a - b) for a, b in zip(color_of(batch.media[0, 1]), BLUE)) < 8  # JPEG
+
+    frames = torch.zeros(3, 3, 8, 8)
+    frames[:, 1] = torch.linspace(0, 1, 3)[:, None, None]
+    save_video(frames, tmp_path / "clip.gif")
+    (tmp_path / "winners.csv").write_text("prompt,media\na clip,clip.gif\nan image,img/good.png\n")
+    winners = open_preferences(DataConfig(source=str(tmp_path / "winners.csv")), kind="experts")
+    assert winners.row(0).media[0].shape == (3, 3, 8, 8) and winners.row(1).media[0].shape == (3, 8, 8)
+    write_jsonl(tmp_path / "labels.jsonl", [{"prompt": "x", "media": "img/good.png", "desirable": True},
+                                            {"prompt": "y", "media": "img/bad.jpg", "desirable": "0"}])
+    assert [open_preferences(DataConfig(source=str(tmp_path / "labels.jsonl")), kind="labels").label(i) for i in range(2)] == [1.0, 0.0]
+
+    write_jsonl(tmp_path / "bad_soft.jsonl", [{"prompt": "p", "preferred": "a.png", "rejected": "b.png", "soft_label": 0.3}])
+    with pytest.raises(PreferenceDataError, match=r"row 1: soft_label must be in \[0.5, 1\]"):
+        open_preferences(DataConfig(source=str(tmp_path / "bad_soft.jsonl")), kind="pairs")
+    write_jsonl(tmp_path / "empty_prompt.jsonl", [{"prompt": " ", "media": "a.png"}])
+    with pytest.raises(PreferenceDataError, match="empty prompt"):
+        open_preferences(DataConfig(source=str(tmp_path / "empty_prompt.jsonl")), kind="winners")
+    with pytest.raises(PreferenceDataError, match="unknown preference kind"):
+        open_preferences(DataConfig(source=str(tmp_path / "labels.jsonl")), kind="triples")
+
+
+def batches_equal(a: PreferenceBatch, b: PreferenceBatch) -> bool:
+    same = a.prompts == b.prompts and a.row_ids == b.row_ids
+    for name in ("media", "latents", "labels"):
+        x, y = getattr(a, name), getattr(b, name)
+        same = same and ((x is None and y is None) or (x is not None and y is not None and torch.equal(x, y)))
+    return same and torch.equal(a.extras["draw_position"], b.extras["draw_position"])
+
+
+def test_corrupt_rows_are_skipped_listed_and_replaced(datasets_cache, caplog):
+    corrupt = {(7, "jpg_1"), (23, "jpg_0")}  # 2 of 40 rows: 5%
+    path = write_pickapic(datasets_cache / "data.parquet", [1, 0] * 20, corrupt=corrupt)
+    data = open_preferences(DataConfig(source=str(path)), kind="pairs")
+    loader = PreferenceLoader(data, DataConfig(examples_per_epoch=8), seed=3)
+    with caplog.at_level("WARNING"):
+        batches = [loader.next_batch() for _ in range(10)]  # two passes over the data
+    assert all(len(b) == 8 and b.media.shape == (8, 2, 3, 8, 8) for b in batches)
+    assert sorted(s["row_id"] for s in loader.skipped) == ["data:23", "data:7"]
+    assert all("cannot decode image" in s["reason"] for s in loader.skipped)
+    assert sum("skipping preference row" in r.message for r in caplog.records) == 2  # logged once each
+    drawn = [r for b in batches for r in b.row_ids]
+    assert not {"data:7", "data:23"} & set(drawn)
+    assert all(color_of(b.media[i, 0]) == RED for b in batches for i in range(8))
+
+    mostly_bad = write_pickapic(datasets_cache / "bad.parquet", [1] * 4, corrupt={(i, "jpg_0") for i in range(3)})
+    with pytest.raises(PreferenceDataError, match="rows of a batch of 4 could not be decoded"):
+        PreferenceLoader(open_preferences(DataConfig(source=str(mostly_bad)), kind="pairs"), DataConfig(examples_per_epoch=4), seed=0).next_batch()
+
+
+@pytest.fixture
+def labels_manifest(tmp_path):
+    """12 labelled images (4 desirable), one of them unreadable; colour channel 1 encodes the row."""
+    rows = []
+    for index in range(12):
+        name = f"img/{index}.png"
+        if index == 5:
+            (tmp_path / "img").mkdir(exist_ok=True)
+            (tmp_path / name).write_bytes(b"not a png")
+        else:
+            save_png(tmp_path / name, (200, index * 20, 0))
+        rows.append({"prompt": f"prompt {index}", "media": name, "desirable": index % 3 == 0})
+    return write_jsonl(tmp_path / "labels.jsonl", rows)
+
+
+def test_resume_mid_dataset_reproduces_the_uninterrupted_batches(labels_manifest):
+    config = DataConfig(source=str(labels_manifest), examples_per_epoch=5, positive_ratio=0.5, prompt_dropout=0.3)
+    data = open_preferences(config, kind="labels")
+    whole = PreferenceLoader(data, config, seed=11)
+    expected = [whole.next_batch() for _ in range(6)]  # 30 draws over 12 rows: passes wrap and reshuffle
+    first = PreferenceLoader(data, config, seed=11)
+    for _ in range(2):
+        first.next_batch()
+    state = json.loads(json.dumps(first.state_dict()))  # plain python values
+    resumed = PreferenceLoader(open_preferences(config, kind="labels"), config, seed=11)
+    resumed.load_state_dict(state)
+    assert all(batches_equal(resumed.next_batch(), e) for e in expected[2:])
+    assert [s["row_id"] for s in resumed.skipped] == [s["row_id"] for s in whole.skipped] == ["labels.jsonl:5"]
+    other_seed = PreferenceLoader(data, config, seed=12)
+    assert not batches_equal(other_seed.next_batch(), expected[0])
+
+
+def test_two_ranks_are_disjoint_and_concatenate_to_one_process(labels_manifest):
+    data = open_preferences(DataConfig(source=str(labels_manifest)), kind="labels")
+    single = PreferenceLoader(data, DataConfig(examples_per_epoch=6), seed=5)
+    ranks = [PreferenceLoader(data, DataConfig(examples_per_epoch=3), seed=5, num_processes=2, process_index=r) for r in range(2)]
+    for _ in range(4):
+        one = single.next_batch()
+        parts = [rank.next_batch() for rank in ranks]
+        assert batches_equal(PreferenceBatch.cat(parts), one)
+    # within one pass the ranks draw disjoint rows (rows 0-4: all readable, so no replacements)
+    readable = open_preferences(DataConfig(source=str(labels_manifest), max_examples=5), kind="labels")
+    fresh = [PreferenceLoader(readable, DataConfig(examples_per_epoch=2), seed=0, num_processes=2, process_index=r) for r in range(2)]
+    drawn = [set(loader.next_batch().row_ids) for loader in fresh]
+    assert len(drawn[0]) == len(drawn[1]) == 2 and not drawn[0] & drawn[1]
+
+
+def test_positive_ratio_and_prompt_dropout_rates(labels_manifest):
+    data = open_preferences(DataConfig(source=str(labels_manifest)), kind="labels")
+    identity = lambda media: media.flatten(1)  # noqa: E731 - cache the decoded pixels: no re-decoding per draw
+    config = DataConfig(examples_per_epoch=50, positive_ratio=0.8, prompt_dropout=0.2, cache_latents=True)
+    loader = PreferenceLoader(data, config, seed=1, encode=identity)
+    batches = [loader.next_batch() for _ in range(40)]  # 2000 draws
+    desirable = torch.cat([b.labels for b in batches])
+    tolerance = 4 * math.sqrt(0.8 * 0.2 / 2000)
+    assert abs(desirable.mean().item() - 0.8) < tolerance  # the data hold 4 / 12 desirable
+    dropped = sum(p == "" for b in batches for p in b.prompts) / 2000
+    assert abs(dropped - 0.2) < 4 * math.sqrt(0.2 * 0.8 / 2000)
+    unbalanced = PreferenceLoader(data, DataConfig(examples_per_epoch=50, cache_latents=True), seed=1, encode=identity)
+    rate = torch.cat([unbalanced.next_batch().labels for _ in range(10)]).mean().item()
+    assert abs(rate - 4 / 12) < 0.1
+
+
+def test_cached_latents_equal_fresh_encodes_and_are_encoded_once(labels_manifest):
+    data = open_preferences(DataConfig(source=str(labels_manifest)), kind="labels")
+    weight = torch.randn(4, 3, 2, 2)
+    calls = []
+
+    def encode(media):
+        calls.append(media.shape[0])
+        return torch.nn.functional.conv2d(media * 2 - 1, weight, stride=2)
+
+    cached = PreferenceLoader(data, DataConfig(examples_per_epoch=4, cache_latents=True), seed=2, encode=encode)
+    fresh = PreferenceLoader(data, DataConfig(examples_per_epoch=4), seed=2, encode=encode)
+    for _ in range(9):  # three passes
+        a, b = cached.next_batch(), fresh.next_batch()
+        assert a.media is None and a.row_ids == b.row_ids and torch.allclose(a.latents, b.latents, atol=1e-6)
+        by_hand = torch.stack([encode(data.row(int(r.split(":")[1])).media[0][None])[0] for r in a.row_ids])
+        assert torch.allclose(a.latents, by_hand, atol=1e-6)
+    assert cached.encoded_rows == 11  # every readable row once, then from the cache
