@@ -161,6 +161,8 @@ class SamplingConfig:
     group_size: int = 1
     height: int | None = None
     width: int | None = None
+    #: video models: frames per sample (empty: the pipeline's default)
+    num_frames: int | None = None
     #: Flow-GRPO-Fast: only this many consecutive steps are stochastic (and trained), the rest
     #: deterministic; the window's start is drawn each epoch inside ``sde_window_range``. 0: every step
     sde_window: int = 0
@@ -178,6 +180,9 @@ class SamplingConfig:
     def validate(self) -> None:
         _positive(self, "sampling", ("steps", "batch_size", "batches_per_epoch", "group_size"))
         _non_negative(self, "sampling", ("sde_window",))
+        for key in ("height", "width", "num_frames"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
+                raise ConfigError(f"sampling.{key} must be positive, got {getattr(self, key)}")
         if self.sde_window_range and len(self.sde_window_range) != 2:
             raise ConfigError(f"sampling.sde_window_range must be [lo, hi], got {self.sde_window_range}")
         if self.sde_window:

@@ -55,7 +55,7 @@ def collect_rollouts(trainer: "Trainer", algorithm: "Algorithm", epoch: int) -> 
         if s.same_latent:  # one initial noise per prompt and epoch, whatever process samples it
             latents = trainer.adapter.prepare_latents(
                 len(prompts), [torch.Generator("cpu").manual_seed(derive_seed(config.run.seed, "latent", epoch, p))
-                               for p in prompts], height=s.height, width=s.width)
+                               for p in prompts], height=s.height, width=s.width, num_frames=s.num_frames)
         with torch.no_grad(), acc.autocast():
             rollout = algorithm.rollout(prompts, trainer._generators("sample", epoch, indices=indices),
                                         sde_window=window, latents=latents)

@@ -241,7 +241,7 @@ class Algorithm:
         return self.adapter.sample(
             prompts, steps=e.steps, guidance_scale=e.guidance_scale, generator=generator,
             negative_prompts=s.negative_prompt or None, stochastic=e.stochastic, eta=s.eta,
-            noise_level=s.noise_level, log_probs=False, height=s.height, width=s.width,
+            noise_level=s.noise_level, log_probs=False, height=s.height, width=s.width, num_frames=s.num_frames,
         )
 
     def rollout(self, prompts: list[str], generator, *, sde_window: tuple[int, int] | None = None,
@@ -261,6 +261,7 @@ class Algorithm:
             log_probs=self.needs_log_probs,
             height=s.height,
             width=s.width,
+            num_frames=s.num_frames,
             sde_window=sde_window,
             latents=latents,
         )

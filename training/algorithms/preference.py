@@ -77,26 +77,19 @@ class PreferenceAlgorithm(Algorithm):
         )
 
     def encode_media(self, media: torch.Tensor) -> torch.Tensor:
-        """Media ``N×...`` (pairs ``N×2×...``) -> clean latents with the same leading layout."""
+        """Media ``N×C×H×W`` (``N×T×C×H×W``) -> clean latents on CPU (the loader lays pairs out and caches)."""
         adapter = self.adapter
-        paired = self.data_kind == "pairs"
-        flat = media.flatten(0, 1) if paired else media
         with torch.no_grad():
-            latents = adapter.encode(flat.to(adapter.device, torch.float32)).float()
-        return latents.reshape(media.shape[0], 2, *latents.shape[1:]) if paired else latents
+            return adapter.encode(media.to(adapter.device, torch.float32)).float().cpu()
 
     def collect(self, epoch: int):
         acc = self.trainer.accelerator
-        batch = self.loader.next_batch()
-        if batch.latents is None:
-            batch.latents = self.encode_media(batch.media)
+        batch = self.loader.next_batch()  # latents encoded by the loader (cached with data.cache_latents)
         batch.media = None
         with torch.no_grad():
             batch.conditioning = self.adapter.encode_prompts(batch.prompts, do_cfg=False)
-        n = batch.batch_size
-        # global example index: this epoch's examples of every process, in process order
-        start = (epoch * acc.num_processes + acc.process_index) * n
-        batch.extras["sample_index"] = torch.arange(start, start + n)
+        # the loader's global draw position: the same per-example seed on any number of processes
+        batch.extras["sample_index"] = batch.extras["draw_position"]
         return batch.to(acc.device)
 
     def epoch_stats(self, batch) -> dict[str, Any]:

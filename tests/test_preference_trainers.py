@@ -1,0 +1,229 @@
+"""Diffusion-DPO, Diffusion-KTO and SmPO: losses against float64 formulas written out here, on epsilon, v
+and flow models (and video), through the real loop: data loader, encoding, shared pair noise, LoRA."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffalign.config import ConfigError
+from diffalign.pipelines import load
+from diffalign.training import Trainer
+from tests.tiny.prefs import write_labels, write_pairs
+from tests.test_trainer import base_config
+
+#: tiny model kind -> image size (its VAE halves it)
+SIZES = {"sd15": 16, "sd2": 16, "sd3": 32}
+
+
+def preference_trainer(tiny_model, kind: str, algorithm: str, tmp_path, *, data: dict | None = None, **sections) -> Trainer:
+    path = tiny_model(kind)
+    if data is None:
+        folder = tmp_path / f"data-{kind}"
+        manifest = write_labels(folder, SIZES[kind]) if algorithm == "kto" else write_pairs(folder, SIZES[kind])
+        data = {"source": str(manifest)}
+    config = base_config(algorithm, path, data={"examples_per_epoch": 4, **data}, **sections)
+    config["train"]["batch_size"] = 4
+    return Trainer(config, adapter=load(str(path)), reward=lambda media, prompts: media.mean(dim=(1, 2, 3)),
+                   run_dir=tmp_path / "run")
+
+
+def perturb_lora(trainer: Trainer, scale: float = 0.3) -> None:
+    """Make the policy differ from the reference (a fresh LoRA is exactly zero)."""
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in trainer.adapter.trainable_named_parameters().items():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * scale)
+
+
+def noised_and_target(adapter, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor):
+    """``x_t`` and the regression target in float64, from the schedule's own numbers."""
+    x0, noise = x0.double(), noise.double()
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+    if adapter.prediction_type == "flow":
+        sigma = (t.double() / 1000).reshape(shape)
+        return (1 - sigma) * x0 + sigma * noise, noise - x0
+    a = adapter.scheduler.alphas_cumprod.double()[t.long().cpu()].reshape(shape)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    target = noise if adapter.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
+    return x_t, target
+
+
+def errors64(trainer, x_t, target, cond, *, reference: bool):
+    adapter = trainer.adapter
+    conditioning = {"cond": cond, "uncond": None}
+    t = trainer._t64
+    with torch.no_grad():
+        if reference:
+            with adapter.reference():
+                out = adapter.predict(x_t.float(), t, conditioning)
+        else:
+            out = adapter.predict(x_t.float(), t, conditioning)
+    return ((out.double() - target) ** 2).flatten(1).mean(1)
+
+
+@pytest.mark.parametrize("kind", ["sd15", "sd2", "sd3"])
+def test_dpo_loss_matches_float64_formula(tiny_model, tmp_path, kind):
+    from diffalign.pipelines.base import cat_cond
+
+    trainer = preference_trainer(tiny_model, kind, "dpo", tmp_path, dpo={"beta": 50.0})
+    perturb_lora(trainer)
+    batch = trainer.collect(0)
+    micro = next(iter(trainer.algorithm.micro_batches(batch, 0, 0)))
+    loss, stats = trainer.algorithm.loss(micro)
+    _, t, noise = micro
+    adapter = trainer.adapter
+    x0 = torch.cat([batch.latents[:, 0], batch.latents[:, 1]])
+    t2, noise2 = torch.cat([t, t]), torch.cat([noise, noise])  # a pair shares t and noise
+    x_t, target = noised_and_target(adapter, x0, noise2, t2)
+    cond = cat_cond([batch.conditioning["cond"], batch.conditioning["cond"]])
+    trainer._t64 = t2
+    e, r = errors64(trainer, x_t, target, cond, reference=False), errors64(trainer, x_t, target, cond, reference=True)
+    b = batch.batch_size
+    inside = -0.5 * 50.0 * ((e[:b] - r[:b]) - (e[b:] - r[b:]))
+    expected = -F.logsigmoid(inside).mean()
+    assert abs(loss.item() - expected.item()) < 1e-5 * max(1.0, abs(expected.item()))
+    assert stats["implicit_acc"].item() == pytest.approx(((inside > 0).double().mean() + 0.5 * (inside == 0).double().mean()).item())
+    assert stats["ref_err_preferred"].item() == pytest.approx(r[:b].mean().item(), rel=1e-5)
+    assert not torch.equal(e, r)  # the test compares two different models
+
+
+def test_dpo_loss_is_log2_when_policy_equals_reference(tiny_model, tmp_path):
+    trainer = preference_trainer(tiny_model, "sd15", "dpo", tmp_path)
+    batch = trainer.collect(0)
+    loss, stats = trainer.algorithm.loss(next(iter(trainer.algorithm.micro_batches(batch, 0, 0))))
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-7)
+    assert stats["implicit_acc"].item() == 0.5
+
+
+def test_dpo_sft_mode_is_the_denoising_loss_of_the_preferred_image(tiny_model, tmp_path):
+    trainer = preference_trainer(tiny_model, "sd15", "dpo", tmp_path, dpo={"sft": True})
+    perturb_lora(trainer)
+    batch = trainer.collect(0)
+    micro = next(iter(trainer.algorithm.micro_batches(batch, 0, 0)))
+    loss, _ = trainer.algorithm.loss(micro)
+    _, t, noise = micro
+    x_t, target = noised_and_target(trainer.adapter, batch.latents[:, 0], noise, t)
+    trainer._t64 = t
+    expected = errors64(trainer, x_t, target, batch.conditioning["cond"], reference=False).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["sd15", "sd3"])
+@pytest.mark.parametrize("utility", ["sigmoid", "loss_averse"])
+def test_kto_loss_matches_float64_formula(tiny_model, tmp_path, kind, utility):
+    trainer = preference_trainer(tiny_model, kind, "kto", tmp_path, kto={"beta": 20.0, "utility": utility,
+                                                                          "undesirable_weight": 0.7})
+    perturb_lora(trainer)
+    batch = trainer.collect(0)
+    micro = next(iter(trainer.algorithm.micro_batches(batch, 0, 0)))
+    loss, stats = trainer.algorithm.loss(micro)
+    _, t, noise = micro
+    x_t, target = noised_and_target(trainer.adapter, batch.latents, noise, t)
+    trainer._t64 = t
+    e = errors64(trainer, x_t, target, batch.conditioning["cond"], reference=False)
+    r = errors64(trainer, x_t, target, batch.conditioning["cond"], reference=True)
+    g = r - e
+    z0 = g.mean().clamp_min(0)
+    desirable = batch.labels.bool()
+    x = torch.where(desirable, 1.0, -1.0).double() * 20.0 * (g - z0)
+    h = torch.sigmoid(x) if utility == "sigmoid" else F.logsigmoid(x)
+    lam = torch.where(desirable, 1.0, 0.7).double()
+    expected = (lam * (1 - h)).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-7)
+    # g is a difference of nearly equal errors: float32 x_t round-off shows at ~1e-5 relative
+    assert stats["reference_point"].item() == pytest.approx(z0.item(), rel=1e-3, abs=1e-9)
+    assert 0 < desirable.sum() < len(desirable)
+
+
+def test_kto_reference_point_is_detached_and_clamped(tiny_model, tmp_path):
+    trainer = preference_trainer(tiny_model, "sd15", "kto", tmp_path)
+    algorithm = trainer.algorithm
+    g = torch.tensor([-3.0, -1.0, 0.5], requires_grad=True)
+    z0 = algorithm.reference_point(g)
+    assert z0.item() == 0.0 and not z0.requires_grad  # a negative mean is clamped at 0
+    z1 = algorithm.reference_point(torch.tensor([1.0, 2.0], requires_grad=True))
+    assert z1.item() == pytest.approx(1.5) and not z1.requires_grad
+
+
+@pytest.mark.parametrize("kind", ["sd15", "sd3"])
+def test_smpo_loss_matches_float64_formula_on_inverted_latents(tiny_model, tmp_path, kind):
+    trainer = preference_trainer(tiny_model, kind, "smpo", tmp_path,
+                                 smpo={"beta": 40.0, "inversion_steps": 4, "renoise_iterations": 1})
+    perturb_lora(trainer)
+    algorithm, adapter = trainer.algorithm, trainer.adapter
+    batch = trainer.collect(0)
+    micro = next(iter(algorithm.micro_batches(batch, 0, 0)))
+    loss, _ = algorithm.loss(micro)
+    _, indices = micro
+    b = batch.batch_size
+    x0 = torch.cat([batch.latents[:, 0], batch.latents[:, 1]])
+    # x_t of every image: inversion with the current policy down to its pair's schedule index
+    x_t = torch.cat([adapter.invert(x0[i : i + 1], {"cond": {k: v[i % b : i % b + 1] for k, v in batch.conditioning["cond"].items()},
+                                                     "uncond": None}, steps=4, renoise_iterations=1,
+                                    until_step=int(indices[i % b])).latents[:, 0] for i in range(2 * b)])
+    timesteps = adapter._schedule(4, latents=x0)["timesteps"] if adapter.prediction_type == "flow" else adapter._schedule(4)["timesteps"]
+    t = timesteps[torch.cat([indices, indices])]
+    shape = (-1, 1, 1, 1)
+    if adapter.prediction_type == "flow":
+        sigma = (t.double() / 1000).reshape(shape)
+        noise = (x_t.double() - (1 - sigma) * x0.double()) / sigma
+        target = noise - x0.double()
+    else:
+        a = adapter.scheduler.alphas_cumprod.double()[t.long()].reshape(shape)
+        noise = (x_t.double() - a.sqrt() * x0.double()) / (1 - a).sqrt()
+        target = noise
+    from diffalign.pipelines.base import cat_cond
+
+    cond = cat_cond([batch.conditioning["cond"], batch.conditioning["cond"]])
+    trainer._t64 = t
+    e, r = errors64(trainer, x_t, target, cond, reference=False), errors64(trainer, x_t, target, cond, reference=True)
+    p = batch.labels.double()
+    inside = -0.5 * 40.0 * 10.0 * (2 * p - 1) * ((e[:b] - r[:b]) - (e[b:] - r[b:]))
+    expected = -F.logsigmoid(inside).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
+
+
+def test_smpo_tie_gives_no_gradient(tiny_model, tmp_path):
+    """A soft label of 1/2 (equally good images) makes the smoothed loss constant: log 2, zero gradient."""
+    trainer = preference_trainer(tiny_model, "sd15", "smpo", tmp_path, smpo={"inversion_steps": 3})
+    perturb_lora(trainer)
+    batch = trainer.collect(0)
+    batch.labels = torch.full_like(batch.labels, 0.5)
+    loss, _ = trainer.algorithm.loss(next(iter(trainer.algorithm.micro_batches(batch, 0, 0))))
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-7)
+    loss.backward()
+    assert all(p.grad is None or p.grad.abs().max() == 0 for p in trainer.params)
+
+
+def test_dpo_trains_on_video_pairs(tiny_model, tmp_path):
+    manifest = write_pairs(tmp_path / "videos", 32, count=4, frames=5)
+    path = tiny_model("wan")
+    config = base_config("dpo", path, data={"source": str(manifest), "examples_per_epoch": 2},
+                         sampling={"height": 32, "width": 32, "num_frames": 5, "steps": 2},
+                         eval={"every": 0, "steps": 2}, run={"epochs": 1, "checkpoint_every": 0})
+    trainer = Trainer(config, adapter=load(str(path)), reward=lambda media, prompts: media.mean(dim=(1, 2, 3, 4)),
+                      run_dir=tmp_path / "run")
+    perturb_lora(trainer, 0.05)
+    before = {k: v.clone() for k, v in trainer.trainable_state_dict().items()}
+    batch = trainer.collect(0)
+    assert batch.latents.ndim == 6  # B x 2 x C x T x H x W video latents
+    trainer.train()
+    assert trainer.global_step == 1 and all(math.isfinite(h.get("loss", 0.0)) for h in trainer.history)
+    assert any(not torch.equal(before[k], v) for k, v in trainer.trainable_state_dict().items())
+
+
+def test_preference_trainers_check_their_data(tiny_model, tmp_path):
+    path = tiny_model("sd15")
+    with pytest.raises(ConfigError, match="data.source is not set"):
+        Trainer(base_config("dpo", path), reward=lambda m, p: m.mean(dim=(1, 2, 3)), run_dir=tmp_path / "a")
+    manifest = write_pairs(tmp_path / "d", 16)
+    with pytest.raises(ConfigError, match="data.kind = 'labels'"):
+        Trainer(base_config("dpo", path, data={"source": str(manifest), "kind": "labels"}),
+                reward=lambda m, p: m.mean(dim=(1, 2, 3)), run_dir=tmp_path / "b")
+    with pytest.raises(ConfigError, match="train.batch_size = 3 must divide the 4 samples"):
+        Trainer(base_config("dpo", path, data={"source": str(manifest), "examples_per_epoch": 4}, train={"batch_size": 3}),
+                reward=lambda m, p: m.mean(dim=(1, 2, 3)), run_dir=tmp_path / "c")
