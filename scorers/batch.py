@@ -488,3 +488,20 @@ def _run_scorer(scorer: Scorer, members: list[tuple[int, torch.Tensor]], rows: l
         for member in members:
             results.update(_run_scorer(scorer, [member], rows))
         return results
+
+
+def score_media(scorer: Scorer, media: Sequence[torch.Tensor], prompts: Sequence[str | None]) -> list[float | str]:
+    """Score in-memory media items (``C×H×W`` / ``T×C×H×W``), stacked by shape, like :func:`score_files`
+    scores files: one float per item, or that item's error message (a failing batch is retried item by item;
+    a non-finite score is an error)."""
+    if len(media) != len(prompts):
+        raise ValueError(f"{len(media)} media items but {len(prompts)} prompts")
+    rows = [{"prompt": prompt, "file": f"item {index}"} for index, prompt in enumerate(prompts)]
+    groups: dict[tuple, list[tuple[int, torch.Tensor]]] = defaultdict(list)
+    for index, item in enumerate(media):
+        groups[tuple(item.shape)].append((index, item))
+    results: list[float | str] = [""] * len(media)
+    for members in groups.values():
+        for index, value in _run_scorer(scorer, members, rows).items():
+            results[index] = value if isinstance(value, str) or math.isfinite(value) else f"the scorer returned {value}"
+    return results

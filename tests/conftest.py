@@ -31,3 +31,15 @@ def tiny_model(tmp_path_factory):
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes_sd(tmp_path_factory):
+    """Folder of a tiny ``shapes-sd`` model (two pretraining steps: random-looking samples), built once per session."""
+    from diffalign.shapes import pretrain
+
+    out = tmp_path_factory.mktemp("shapes-sd")
+    args = ["--tiny", "--dataset-size", "32", "--batch-size", "4", "--autoencoder-steps", "2", "--steps", "2"]
+    assert pretrain.main([*args, "--model", "sd", "--out", str(out)]) == 0
+    return out / "shapes-sd"

@@ -5,6 +5,8 @@ import io
 import json
 import math
 
+from pathlib import Path
+
 import pytest
 import torch
 from PIL import Image
@@ -249,3 +251,135 @@ def test_cached_latents_equal_fresh_encodes_and_are_encoded_once(labels_manifest
         by_hand = torch.stack([encode(data.row(int(r.split(":")[1])).media[0][None])[0] for r in a.row_ids])
         assert torch.allclose(a.latents, by_hand, atol=1e-6)
     assert cached.encoded_rows == 11  # every readable row once, then from the cache
+
+
+# ------------------------------------------------------------------------------------------ diffalign prefs
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_prefs_build_writes_manifests_that_load_back_and_resumes(tmp_path, tiny_shapes_sd, capsys):
+    from diffalign.cli import main
+
+    model = str(tiny_shapes_sd)
+    common = ["prefs", "build", "--model", model, "--prompts", "shapes", "--images-per-prompt", "3",
+              "--scorer", "jpeg_compressibility", "--steps", "2", "--batch-size", "2", "--no-progress", "--device", "cpu"]
+    assert main([*common, "--num-prompts", "4", "--out", str(tmp_path / "whole")]) == 0
+    whole = tmp_path / "whole"
+    scores = read_jsonl(whole / "scores.jsonl")
+    assert len(scores) == 12 and all(r["error"] is None and (whole / r["file"]).is_file() for r in scores)
+    by_file = {r["file"]: r["score"] for r in scores}
+    group = lambda file: [v for f, v in by_file.items() if f.split("_")[0] == file.split("_")[0]]  # noqa: E731 - a prompt's samples
+
+    pairs = read_jsonl(whole / "pairs.jsonl")
+    low, high = min(r["score"] for r in scores), max(r["score"] for r in scores)
+    for pair in pairs:
+        assert pair["preferred_score"] == max(group(pair["preferred"])) > pair["rejected_score"] == min(group(pair["preferred"]))
+        assert pair["preferred_score"] == by_file[pair["preferred"]] and pair["rejected_score"] == by_file[pair["rejected"]]
+        expected = 1 / (1 + math.exp(-((pair["preferred_score"] - low) / (high - low) - (pair["rejected_score"] - low) / (high - low))))
+        assert math.isclose(pair["soft_label"], expected, rel_tol=1e-9)
+    loaded = open_preferences(DataConfig(source=str(whole / "pairs.jsonl")), kind="pairs")
+    assert len(loaded) == len(pairs) >= 1 and loaded.row(0).media[0].shape == (3, 32, 32)
+    labels = open_preferences(DataConfig(source=str(whole / "labels.jsonl")), kind="labels")
+    assert len(labels) == 12
+    for row in read_jsonl(whole / "labels.jsonl"):
+        values = sorted(group(row["media"]))
+        assert row["desirable"] == (row["score"] > values[1])  # above the median of 3
+    winners = read_jsonl(whole / "winners.jsonl")
+    assert len(open_preferences(DataConfig(source=str(whole / "winners.jsonl")), kind="winners")) == len(winners) == 4
+    assert all(w["score"] == max(group(w["media"])) == by_file[w["media"]] for w in winners)
+
+    # an interrupted build (2 prompts), resumed to 4: the first prompts are not sampled again, the result is the same
+    part = tmp_path / "part"
+    assert main([*common, "--num-prompts", "2", "--out", str(part)]) == 0
+    first_images = {p.name: p.stat().st_mtime_ns for p in (part / "images").iterdir()}
+    assert main([*common, "--num-prompts", "4", "--out", str(part)]) == 2  # refuses to mix without --resume
+    assert "--resume" in capsys.readouterr().err
+    assert main([*common, "--num-prompts", "4", "--out", str(part), "--resume"]) == 0
+    assert all((part / "images" / name).stat().st_mtime_ns == mtime for name, mtime in first_images.items())
+    assert read_jsonl(part / "scores.jsonl") == scores and read_jsonl(part / "pairs.jsonl") == pairs
+    assert main([*common, "--num-prompts", "4", "--out", str(part), "--resume", "--seed", "1"]) == 2
+    assert "other settings" in capsys.readouterr().err
+
+    # the exact ShapesWorld judge as scorer
+    judge = [a if a != "jpeg_compressibility" else "shapes" for a in common]
+    assert main([*judge, "--num-prompts", "2", "--out", str(tmp_path / "judge")]) == 0
+    assert all(0 <= r["score"] <= 1 for r in read_jsonl(tmp_path / "judge" / "scores.jsonl"))
+
+
+def noisy_image(amplitude: float, seed: int, size=16) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return (0.5 + amplitude * (torch.rand(3, size, size, generator=generator) - 0.5)).clamp(0, 1)
+
+
+def test_prefs_relabel_flips_pairs_the_scores_disagree_with(tmp_path, datasets_cache):
+    from diffalign.cli import main
+    from diffalign.media import load_image, save_image
+    from diffalign.scorers import load
+
+    flat, noisy = save_image(noisy_image(0.0, 0), tmp_path / "flat.png"), save_image(noisy_image(1.0, 1), tmp_path / "noisy.png")
+    write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "a", "preferred": "noisy.png", "rejected": "flat.png"},
+                                           {"prompt": "b", "preferred": "flat.png", "rejected": "noisy.png"}])
+    out = tmp_path / "relabelled"
+    args = ["prefs", "relabel", str(tmp_path / "pairs.jsonl"), "--scorer", "jpeg_compressibility", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    rows = read_jsonl(out / "pairs.jsonl")
+    assert [r["flipped"] for r in rows] == [True, False]
+    assert all(r["preferred"] == "../flat.png" and r["rejected"] == "../noisy.png" for r in rows)
+    scorer = load("jpeg_compressibility")
+    s_flat, s_noisy = (float(scorer(load_image(p)[None])[0]) for p in (flat, noisy))
+    assert math.isclose(rows[0]["soft_label"], 1 / (1 + math.exp(-1.0)), rel_tol=1e-6)  # min/max normalised: 1 - 0
+    assert math.isclose(rows[0]["preferred_score"], s_flat, rel_tol=1e-6) and math.isclose(rows[0]["rejected_score"], s_noisy, rel_tol=1e-6)
+    relabelled = open_preferences(DataConfig(source=str(out / "pairs.jsonl")), kind="pairs")
+    assert torch.equal(relabelled.row(0).media[0], load_image(flat))
+    scored = len(read_jsonl(out / "scores.jsonl"))
+    assert main(args) == 0 and len(read_jsonl(out / "scores.jsonl")) == scored  # resumed: nothing scored again
+
+    # a dataset of image bytes (Pick-a-Pic schema): the images are written beside the manifest
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def png(t):
+        buffer = io.BytesIO()
+        Image.fromarray((t.permute(1, 2, 0) * 255).round().byte().numpy()).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    pq.write_table(pa.table({"caption": ["x", "y"], "jpg_0": [png(noisy_image(1.0, 1)), png(noisy_image(0.2, 2))],
+                             "jpg_1": [png(noisy_image(0.0, 0)), png(noisy_image(0.9, 3))], "label_0": [1.0, 1.0],
+                             "label_1": [0.0, 0.0]}), tmp_path / "pick.parquet")
+    assert main(["prefs", "relabel", str(tmp_path / "pick.parquet"), "--scorer", "jpeg_compressibility",
+                 "--out", str(tmp_path / "pick-out"), "--no-progress"]) == 0
+    rows = read_jsonl(tmp_path / "pick-out" / "pairs.jsonl")
+    assert [r["flipped"] for r in rows] == [True, False]
+    back = open_preferences(DataConfig(source=str(tmp_path / "pick-out" / "pairs.jsonl")), kind="pairs")
+    assert torch.allclose(back.row(0).media[0], noisy_image(0.0, 0), atol=1 / 255)
+
+
+def test_prefs_topk_returns_the_k_best_and_reports_bad_input(tmp_path, capsys):
+    from diffalign.cli import main
+    from diffalign.media import load_image, save_image
+    from diffalign.scorers import load
+
+    amplitudes = [0.9, 0.1, 0.5, 0.0, 0.7, 0.3]
+    rows = []
+    for index, amplitude in enumerate(amplitudes):
+        save_image(noisy_image(amplitude, index), tmp_path / f"{index}.png")
+        rows.append({"prompt": f"p{index}", "media": f"{index}.png"})
+    write_jsonl(tmp_path / "winners.jsonl", rows + [rows[2]])  # a duplicate (image, prompt) counts once
+    out = tmp_path / "experts"
+    assert main(["prefs", "topk", str(tmp_path / "winners.jsonl"), "--scorer", "jpeg_compressibility", "--k", "3",
+                 "--out", str(out), "--no-progress"]) == 0
+    experts = read_jsonl(out / "experts.jsonl")
+    scorer = load("jpeg_compressibility")
+    scores = {f"{i}.png": float(scorer(load_image(tmp_path / f"{i}.png")[None])[0]) for i in range(6)}
+    best = sorted(scores, key=lambda name: -scores[name])[:3]
+    assert [Path(e["media"]).name for e in experts] == best and len(set(best)) == 3
+    assert len(open_preferences(DataConfig(source=str(out / "experts.jsonl")), kind="experts")) == 3
+
+    assert main(["prefs", "relabel", str(tmp_path / "winners.jsonl"), "--scorer", "jpeg_compressibility", "--out", str(tmp_path / "r")]) == 2
+    assert "diffalign prefs relabel:" in capsys.readouterr().err
+    assert main(["prefs", "topk", str(tmp_path / "winners.jsonl"), "--scorer", "no_such_scorer", "--out", str(out)]) == 2
+    assert "unknown scorer no_such_scorer" in capsys.readouterr().err
+    assert main(["prefs", "build", "--prompts", "shapes", "--num-prompts", "2", "--images-per-prompt", "1",
+                 "--scorer", "shapes", "--out", str(tmp_path / "b")]) == 2
+    assert "--images-per-prompt must be >= 2" in capsys.readouterr().err

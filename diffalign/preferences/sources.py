@@ -196,6 +196,10 @@ class PreferenceDataset:
         """A stable identity of each media (resolved path, image uid, or row and column)."""
         return tuple(self.reader.media_key(self.records[index], slot) for slot in self.slots[index])
 
+    def media(self, index: int, position: int = 0) -> torch.Tensor:
+        """Decode media ``position`` of row ``index`` only (pairs: 0 preferred, 1 rejected)."""
+        return self.reader.media(self.records[index], self.slots[index][position])
+
     def row(self, index: int) -> PreferenceExample:
         """Decode row ``index``; raises MediaError (naming the file or row) when a media cannot be read."""
         if not 0 <= index < len(self):
