@@ -224,10 +224,11 @@ class PreferenceLoader:
         stacked = self._stack([m for _, m in decoded], data.kind) if decoded else None
         latents = None
         if self.config.cache_latents:  # media dropped: every row of the batch is known by its latents
-            if decoded:
-                for (row, _), latent in zip(decoded, self._encode(stacked, data.kind)):
-                    self._cache[row] = latent
-                self.encoded_rows += len(decoded)
+            # one row at a time: a batched encode's bits depend on the batch it sits in, and the cache must
+            # not depend on which rows happened to be decoded together (resume reproduces the run exactly)
+            for position, (row, _) in enumerate(decoded):
+                self._cache[row] = self._encode(stacked[position : position + 1], data.kind)[0]
+            self.encoded_rows += len(decoded)
             latents, stacked = torch.stack([self._cache[r] for r in rows]), None
         elif self.encode is not None:
             latents = self._encode(stacked, data.kind)
