@@ -107,6 +107,8 @@ def test_kto_csv_and_manifests_load_images_and_videos(tmp_path):
     assert kto.format == "kto_csv" and [kto.label(i) for i in range(2)] == [1.0, 0.0]
     assert color_of(kto.row(0).media[0]) == RED and kto.row(1).media[0].shape == (3, 8, 12)
     assert len(open_preferences(DataConfig(source=str(tmp_path / "kto.csv"), kind="winners"))) == 1
+    resized = PreferenceLoader(kto, DataConfig(examples_per_epoch=2, resolution=6), seed=0).next_batch()
+    assert resized.media.shape == (2, 3, 6, 6) and sorted(resized.labels.tolist()) == [0.0, 1.0]
     with pytest.raises(PreferenceDataError, match="labels source cannot give pairs"):
         open_preferences(DataConfig(source=str(tmp_path / "kto.csv")), kind="pairs")
     (tmp_path / "bad_kto.csv").write_text("file_path,caption,label\nimg/good.png,a red one,maybe\n")
@@ -211,6 +213,12 @@ def test_two_ranks_are_disjoint_and_concatenate_to_one_process(labels_manifest):
         one = single.next_batch()
         parts = [rank.next_batch() for rank in ranks]
         assert batches_equal(PreferenceBatch.cat(parts), one)
+    balanced = dict(positive_ratio=0.5, prompt_dropout=0.5)
+    single = PreferenceLoader(data, DataConfig(examples_per_epoch=6, **balanced), seed=5)
+    ranks = [PreferenceLoader(data, DataConfig(examples_per_epoch=3, **balanced), seed=5, num_processes=2, process_index=r)
+             for r in range(2)]
+    for _ in range(4):
+        assert batches_equal(PreferenceBatch.cat([rank.next_batch() for rank in ranks]), single.next_batch())
     # within one pass the ranks draw disjoint rows (rows 0-4: all readable, so no replacements)
     readable = open_preferences(DataConfig(source=str(labels_manifest), max_examples=5), kind="labels")
     fresh = [PreferenceLoader(readable, DataConfig(examples_per_epoch=2), seed=0, num_processes=2, process_index=r) for r in range(2)]
