@@ -391,3 +391,20 @@ def test_prefs_topk_returns_the_k_best_and_reports_bad_input(tmp_path, capsys):
     assert main(["prefs", "build", "--prompts", "shapes", "--num-prompts", "2", "--images-per-prompt", "1",
                  "--scorer", "shapes", "--out", str(tmp_path / "b")]) == 2
     assert "--images-per-prompt must be >= 2" in capsys.readouterr().err
+
+
+def test_build_preferences_from_a_video_model_writes_videos_that_load_back(tmp_path, tiny_model):
+    from diffalign.pipelines import load
+    from diffalign.preferences.build import build_preferences
+    from diffalign.scorers import load as load_scorer
+    from tests.tiny import SMALL_SAMPLE_SIZE
+
+    adapter = load(str(tiny_model("wan")))
+    summary = build_preferences(adapter, ["a cat walks"], load_scorer("jpeg_compressibility"), tmp_path / "video",
+                                images_per_prompt=2, steps=2, size=SMALL_SAMPLE_SIZE["wan"])
+    assert summary["images"] == 2 and summary["failed"] == 0
+    pairs = read_jsonl(tmp_path / "video" / "pairs.jsonl")
+    assert len(pairs) == 1 and pairs[0]["preferred"].endswith(".mp4") and pairs[0]["preferred_score"] > pairs[0]["rejected_score"]
+    batch = PreferenceLoader(open_preferences(DataConfig(source=str(tmp_path / "video" / "pairs.jsonl")), kind="pairs"),
+                             DataConfig(examples_per_epoch=1), seed=0).next_batch()
+    assert batch.media.shape == (1, 2, SMALL_SAMPLE_SIZE["wan"]["num_frames"], 3, 32, 32)

@@ -96,12 +96,15 @@ def build_preferences(
     threshold: float | None = None,
     resume: bool = False,
     progress: bool = False,
+    size: dict[str, int] | None = None,
     settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Sample ``images_per_prompt`` media per prompt, score them and write ``pairs.jsonl``, ``labels.jsonl``,
     ``winners.jsonl`` and ``scores.jsonl`` into ``out`` (see the module docstring); returns the summary.
 
     ``batch_size`` prompts are sampled together. Prompts already written (``resume``) are not sampled again.
+    ``size`` (``height``, ``width``, ``num_frames``) overrides the model's default sample size; ``settings``
+    are recorded in ``settings.json`` with the sampling settings, and a resumed build must match them.
     """
     prompts = list(prompts)
     if not prompts:
@@ -115,7 +118,7 @@ def build_preferences(
     defaults = sampling_defaults(adapter)
     steps = int(steps or defaults.get("num_inference_steps", 20))
     guidance = float(guidance_scale if guidance_scale is not None else defaults.get("guidance_scale", 1.0))
-    size = {k: defaults[k] for k in ("height", "width", "num_frames") if k in defaults}
+    size = {**{k: defaults[k] for k in ("height", "width", "num_frames") if k in defaults}, **(size or {})}
     out = Path(out)
     _check_settings(out, {**(settings or {}), "scorer": scorer.name, "images_per_prompt": images_per_prompt,
                           "steps": steps, "guidance_scale": guidance, "seed": seed, "size": size}, resume)
@@ -142,7 +145,7 @@ def build_preferences(
         ])
         expanded = [prompts[i] for i in chunk for _ in range(images_per_prompt)]
         with torch.no_grad():
-            media = adapter.sample(expanded, steps=steps, guidance_scale=guidance, latents=latents).media.detach().float().cpu()
+            media = adapter.sample(expanded, steps=steps, guidance_scale=guidance, latents=latents, **size).media.detach().float().cpu()
         scores = score_media(scorer, list(media), expanded)
         rows = []
         for position, (index, sample) in enumerate((i, j) for i in chunk for j in range(images_per_prompt)):
