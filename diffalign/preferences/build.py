@@ -22,7 +22,7 @@ import math
 import os
 import statistics
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
@@ -32,6 +32,9 @@ from diffalign.scorers.batch import ResultStore, score_media
 
 from .config import DataConfig
 from .sources import PreferenceDataError, PreferenceDataset, open_preferences
+
+if TYPE_CHECKING:
+    from diffalign.pipelines import PipelineAdapter
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +78,7 @@ def _check_settings(out: Path, settings: dict[str, Any], resume: bool) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- build
-def sampling_defaults(adapter) -> dict[str, Any]:
+def sampling_defaults(adapter: PipelineAdapter) -> dict[str, Any]:
     """``diffalign_defaults.json`` beside the model, if any (steps, guidance, size)."""
     from diffalign.sample import model_defaults
 
@@ -83,7 +86,7 @@ def sampling_defaults(adapter) -> dict[str, Any]:
 
 
 def build_preferences(
-    adapter,
+    adapter: PipelineAdapter,
     prompts: Sequence[str],
     scorer: Scorer,
     out: str | Path,

@@ -18,8 +18,12 @@ import argparse
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from diffalign.pipelines import PipelineAdapter
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -62,7 +66,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(_prefs_help=parser.print_help)
 
 
-def load_model(model: str, device: str | None = None):
+def load_model(model: str, device: str | None = None) -> "PipelineAdapter":
     """The adapter ``prefs build`` samples from (a hub id, local folder or shipped model name)."""
     from diffalign.pipelines import load
 
