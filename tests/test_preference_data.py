@@ -167,6 +167,9 @@ def test_corrupt_rows_are_skipped_listed_and_replaced(datasets_cache, caplog):
     drawn = [r for b in batches for r in b.row_ids]
     assert not {"data:7", "data:23"} & set(drawn)
     assert all(color_of(b.media[i, 0]) == RED for b in batches for i in range(8))
+    threaded = PreferenceLoader(data, DataConfig(examples_per_epoch=8), seed=3, num_workers=2)
+    assert all(batches_equal(threaded.next_batch(), b) for b in batches)  # decoding threads change nothing
+    assert threaded.skipped == loader.skipped
 
     mostly_bad = write_pickapic(datasets_cache / "bad.parquet", [1] * 4, corrupt={(i, "jpg_0") for i in range(3)})
     with pytest.raises(PreferenceDataError, match="rows of a batch of 4 could not be decoded"):
