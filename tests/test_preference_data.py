@@ -411,3 +411,21 @@ def test_build_preferences_from_a_video_model_writes_videos_that_load_back(tmp_p
     batch = PreferenceLoader(open_preferences(DataConfig(source=str(tmp_path / "video" / "pairs.jsonl")), kind="pairs"),
                              DataConfig(examples_per_epoch=1), seed=0).next_batch()
     assert batch.media.shape == (1, 2, SMALL_SAMPLE_SIZE["wan"]["num_frames"], 3, 32, 32)
+
+
+def test_prefs_experts_renders_exact_shapesworld_experts(tmp_path, capsys):
+    from diffalign.cli import main
+    from diffalign.media import load_image
+    from diffalign.scorers import load
+
+    out = tmp_path / "experts"
+    assert main(["prefs", "experts", "--prompts", "shapes", "--num-prompts", "6", "--out", str(out)]) == 0
+    experts = open_preferences(DataConfig(source=str(out / "experts.jsonl")), kind="experts")
+    assert len(experts) == 6
+    images = torch.stack([experts.row(i).media[0] for i in range(6)])
+    assert load("shapes", mode="binary")(images, [experts.prompt(i) for i in range(6)]).tolist() == [1.0] * 6
+    (tmp_path / "bad.txt").write_text("a photo of a red circle\na cat on a sofa\n")
+    assert main(["prefs", "experts", "--prompts", str(tmp_path / "bad.txt"), "--out", str(tmp_path / "bad")]) == 2
+    assert "prompt 1 'a cat on a sofa' is not a ShapesWorld caption" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()  # checked before anything is written
+    assert torch.equal(load_image(out / "images" / "000000.png"), images[0])

@@ -13,6 +13,7 @@ modality, score, error``), flushed after every batch; re-running into the same f
   ``threshold``); winners are each prompt's best sample.
 * **relabel**: both images of every pair are scored; the winner is the higher score (equal scores: dropped).
 * **topk**: the ``k`` best-scored unique (image, prompt) items of a dataset, as an experts manifest.
+* **experts** (ShapesWorld): the rendered ground truth of each caption, an exact expert set.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_preferences", "relabel_preferences", "soft_label", "topk_preferences"]
+__all__ = ["build_preferences", "relabel_preferences", "shapes_experts", "soft_label", "topk_preferences"]
 
 SCORES_FILE = "scores.jsonl"
 SCORE_COLUMN = "score"
@@ -344,5 +345,36 @@ def topk_preferences(
     _write_jsonl(out / "experts.jsonl", experts)
     summary = {"source": dataset.source, "items": len(unique), "k": k, "experts": len(experts), "failed": failed,
                "threshold": experts[-1]["score"] if experts else None}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def shapes_experts(prompts: Sequence[str], out: str | Path, *, seed: int = 0, size: int | None = None) -> dict[str, Any]:
+    """ShapesWorld's exact experts: the rendered ground-truth scene of each caption (layout seeded by
+    ``(seed, prompt index)``) as ``out/experts.jsonl`` (``prompt, media``) and PNGs under ``out/images``."""
+    import random
+
+    from diffalign.shapes import world
+    from diffalign.training.prompts import derive_seed
+
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("no prompts to render")
+    parsed = []
+    for index, prompt in enumerate(prompts):  # every caption is checked before anything is written
+        try:
+            parsed.append(world.parse_caption(prompt))
+        except world.GrammarError as err:
+            raise ValueError(f"prompt {index} {prompt!r} is not a ShapesWorld caption ({err})") from err
+    out = Path(out)
+    _check_settings(out, {"command": "experts", "source": "shapes ground truth", "seed": seed, "size": size}, resume=True)
+    rows = []
+    for index, (prompt, metadata) in enumerate(zip(prompts, parsed)):
+        scene = world.scene_for(metadata, random.Random(derive_seed(seed, "expert", index)))
+        name = f"images/{index:06d}.png"
+        save_image(world.render_tensor(scene, size or world.IMAGE_SIZE), out / name)
+        rows.append({"prompt": prompt, "media": name})
+    _write_jsonl(out / "experts.jsonl", rows)
+    summary = {"experts": len(rows), "source": "shapes ground truth"}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
