@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_preferences", "relabel_preferences", "shapes_experts", "soft_label", "topk_preferences"]
+__all__ = ["build_preferences", "open_dataset", "relabel_preferences", "shapes_experts", "soft_label", "topk_preferences"]
 
 SCORES_FILE = "scores.jsonl"
 SCORE_COLUMN = "score"
@@ -207,7 +207,8 @@ def _write_build_manifests(out: Path, rows: list[dict], prompts: list[str], thre
 
 
 # ----------------------------------------------------------------------------------------- relabel / topk
-def _dataset(data: str | Path | DataConfig | PreferenceDataset, kinds: Sequence[str]) -> PreferenceDataset:
+def open_dataset(data: str | Path | DataConfig | PreferenceDataset, kinds: Sequence[str]) -> PreferenceDataset:
+    """``data`` opened as the first of ``kinds`` its source can give."""
     if isinstance(data, PreferenceDataset):
         if data.kind not in kinds:
             raise PreferenceDataError(f"{data.source}: needs {' or '.join(kinds)} examples, got {data.kind}")
@@ -291,7 +292,7 @@ def relabel_preferences(
     min/max-normalised scores (module docstring). Writes ``out/pairs.jsonl`` (with ``preferred_score``,
     ``rejected_score``, ``source_row`` and ``flipped``: the score order disagrees with the data's label),
     ``scores.jsonl`` and ``summary.json``; resumable."""
-    dataset = _dataset(data, ("pairs",))
+    dataset = open_dataset(data, ("pairs",))
     out = Path(out)
     _check_settings(out, {"source": dataset.source, "scorer": scorer.name, "command": "relabel"}, resume=True)
     items = [(i, k) for i in range(len(dataset)) for k in (0, 1)]
@@ -328,7 +329,7 @@ def topk_preferences(
     source, else its winners) as ``out/experts.jsonl`` (``prompt, media, score, source_row``), best first."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    dataset = _dataset(data, ("labels", "winners"))
+    dataset = open_dataset(data, ("labels", "winners"))
     out = Path(out)
     _check_settings(out, {"source": dataset.source, "scorer": scorer.name, "command": "topk"}, resume=True)
     scored = _score_items(dataset, [(i, 0) for i in range(len(dataset))], scorer, out, batch_size, progress)

@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     from diffalign.media import MediaError
     from diffalign.scorers import load as load_scorer
 
-    from .build import build_preferences, relabel_preferences, shapes_experts, topk_preferences
+    from .build import build_preferences, open_dataset, relabel_preferences, shapes_experts, topk_preferences
     from .config import DataConfig
 
     device = getattr(args, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -164,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
                   f"{summary['pairs']} pairs ({summary['ties']} ties dropped), {summary['desirable']} of "
                   f"{summary['labels']} labels desirable, {summary['winners']} winners -> {args.out}")
         else:
-            data = DataConfig(source=args.data, split=args.split)
+            kinds = ("pairs",) if command == "relabel" else ("labels", "winners")
+            data = open_dataset(DataConfig(source=args.data, split=args.split), kinds)  # before the scorer loads
             scorer = load_scorer(args.scorer).to(device)
             if command == "relabel":
                 summary = relabel_preferences(data, scorer, args.out, batch_size=args.batch_size or 16, progress=progress)
