@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         prompts = ["a photo of a red circle", "a photo of two blue squares", "a photo of a green triangle left of a yellow circle"]
     adapter = load(args.model, device=args.device)
     defaults = model_defaults(adapter)
-    steps = args.steps or defaults.get("steps", 20)
+    steps = args.steps or defaults.get("num_inference_steps", 20)
     guidance = args.guidance_scale if args.guidance_scale is not None else defaults.get("guidance_scale", 1.0)
     expanded = [p for p in prompts for _ in range(args.num_images)]
     generator = torch.Generator(args.device).manual_seed(args.seed)

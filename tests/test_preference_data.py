@@ -107,6 +107,8 @@ def test_kto_csv_and_manifests_load_images_and_videos(tmp_path):
     assert kto.format == "kto_csv" and [kto.label(i) for i in range(2)] == [1.0, 0.0]
     assert color_of(kto.row(0).media[0]) == RED and kto.row(1).media[0].shape == (3, 8, 12)
     assert len(open_preferences(DataConfig(source=str(tmp_path / "kto.csv"), kind="winners"))) == 1
+    resized = PreferenceLoader(kto, DataConfig(examples_per_epoch=2, resolution=6), seed=0).next_batch()
+    assert resized.media.shape == (2, 3, 6, 6) and sorted(resized.labels.tolist()) == [0.0, 1.0]
     with pytest.raises(PreferenceDataError, match="labels source cannot give pairs"):
         open_preferences(DataConfig(source=str(tmp_path / "kto.csv")), kind="pairs")
     (tmp_path / "bad_kto.csv").write_text("file_path,caption,label\nimg/good.png,a red one,maybe\n")
@@ -165,6 +167,9 @@ def test_corrupt_rows_are_skipped_listed_and_replaced(datasets_cache, caplog):
     drawn = [r for b in batches for r in b.row_ids]
     assert not {"data:7", "data:23"} & set(drawn)
     assert all(color_of(b.media[i, 0]) == RED for b in batches for i in range(8))
+    threaded = PreferenceLoader(data, DataConfig(examples_per_epoch=8), seed=3, num_workers=2)
+    assert all(batches_equal(threaded.next_batch(), b) for b in batches)  # decoding threads change nothing
+    assert threaded.skipped == loader.skipped
 
     mostly_bad = write_pickapic(datasets_cache / "bad.parquet", [1] * 4, corrupt={(i, "jpg_0") for i in range(3)})
     with pytest.raises(PreferenceDataError, match="rows of a batch of 4 could not be decoded"):
@@ -211,6 +216,12 @@ def test_two_ranks_are_disjoint_and_concatenate_to_one_process(labels_manifest):
         one = single.next_batch()
         parts = [rank.next_batch() for rank in ranks]
         assert batches_equal(PreferenceBatch.cat(parts), one)
+    balanced = dict(positive_ratio=0.5, prompt_dropout=0.5)
+    single = PreferenceLoader(data, DataConfig(examples_per_epoch=6, **balanced), seed=5)
+    ranks = [PreferenceLoader(data, DataConfig(examples_per_epoch=3, **balanced), seed=5, num_processes=2, process_index=r)
+             for r in range(2)]
+    for _ in range(4):
+        assert batches_equal(PreferenceBatch.cat([rank.next_batch() for rank in ranks]), single.next_batch())
     # within one pass the ranks draw disjoint rows (rows 0-4: all readable, so no replacements)
     readable = open_preferences(DataConfig(source=str(labels_manifest), max_examples=5), kind="labels")
     fresh = [PreferenceLoader(readable, DataConfig(examples_per_epoch=2), seed=0, num_processes=2, process_index=r) for r in range(2)]
@@ -383,3 +394,38 @@ def test_prefs_topk_returns_the_k_best_and_reports_bad_input(tmp_path, capsys):
     assert main(["prefs", "build", "--prompts", "shapes", "--num-prompts", "2", "--images-per-prompt", "1",
                  "--scorer", "shapes", "--out", str(tmp_path / "b")]) == 2
     assert "--images-per-prompt must be >= 2" in capsys.readouterr().err
+
+
+def test_build_preferences_from_a_video_model_writes_videos_that_load_back(tmp_path, tiny_model):
+    from diffalign.pipelines import load
+    from diffalign.preferences.build import build_preferences
+    from diffalign.scorers import load as load_scorer
+    from tests.tiny import SMALL_SAMPLE_SIZE
+
+    adapter = load(str(tiny_model("wan")))
+    summary = build_preferences(adapter, ["a cat walks"], load_scorer("jpeg_compressibility"), tmp_path / "video",
+                                images_per_prompt=2, steps=2, size=SMALL_SAMPLE_SIZE["wan"])
+    assert summary["images"] == 2 and summary["failed"] == 0
+    pairs = read_jsonl(tmp_path / "video" / "pairs.jsonl")
+    assert len(pairs) == 1 and pairs[0]["preferred"].endswith(".mp4") and pairs[0]["preferred_score"] > pairs[0]["rejected_score"]
+    batch = PreferenceLoader(open_preferences(DataConfig(source=str(tmp_path / "video" / "pairs.jsonl")), kind="pairs"),
+                             DataConfig(examples_per_epoch=1), seed=0).next_batch()
+    assert batch.media.shape == (1, 2, SMALL_SAMPLE_SIZE["wan"]["num_frames"], 3, 32, 32)
+
+
+def test_prefs_experts_renders_exact_shapesworld_experts(tmp_path, capsys):
+    from diffalign.cli import main
+    from diffalign.media import load_image
+    from diffalign.scorers import load
+
+    out = tmp_path / "experts"
+    assert main(["prefs", "experts", "--prompts", "shapes", "--num-prompts", "6", "--out", str(out)]) == 0
+    experts = open_preferences(DataConfig(source=str(out / "experts.jsonl")), kind="experts")
+    assert len(experts) == 6
+    images = torch.stack([experts.row(i).media[0] for i in range(6)])
+    assert load("shapes", mode="binary")(images, [experts.prompt(i) for i in range(6)]).tolist() == [1.0] * 6
+    (tmp_path / "bad.txt").write_text("a photo of a red circle\na cat on a sofa\n")
+    assert main(["prefs", "experts", "--prompts", str(tmp_path / "bad.txt"), "--out", str(tmp_path / "bad")]) == 2
+    assert "prompt 1 'a cat on a sofa' is not a ShapesWorld caption" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()  # checked before anything is written
+    assert torch.equal(load_image(out / "images" / "000000.png"), images[0])

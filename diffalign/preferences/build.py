@@ -13,6 +13,7 @@ modality, score, error``), flushed after every batch; re-running into the same f
   ``threshold``); winners are each prompt's best sample.
 * **relabel**: both images of every pair are scored; the winner is the higher score (equal scores: dropped).
 * **topk**: the ``k`` best-scored unique (image, prompt) items of a dataset, as an experts manifest.
+* **experts** (ShapesWorld): the rendered ground truth of each caption, an exact expert set.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import math
 import os
 import statistics
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
@@ -33,9 +34,12 @@ from diffalign.scorers.batch import ResultStore, score_media
 from .config import DataConfig
 from .sources import PreferenceDataError, PreferenceDataset, open_preferences
 
+if TYPE_CHECKING:
+    from diffalign.pipelines import PipelineAdapter
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_preferences", "relabel_preferences", "soft_label", "topk_preferences"]
+__all__ = ["build_preferences", "open_dataset", "relabel_preferences", "shapes_experts", "soft_label", "topk_preferences"]
 
 SCORES_FILE = "scores.jsonl"
 SCORE_COLUMN = "score"
@@ -75,7 +79,7 @@ def _check_settings(out: Path, settings: dict[str, Any], resume: bool) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- build
-def sampling_defaults(adapter) -> dict[str, Any]:
+def sampling_defaults(adapter: PipelineAdapter) -> dict[str, Any]:
     """``diffalign_defaults.json`` beside the model, if any (steps, guidance, size)."""
     from diffalign.sample import model_defaults
 
@@ -83,7 +87,7 @@ def sampling_defaults(adapter) -> dict[str, Any]:
 
 
 def build_preferences(
-    adapter,
+    adapter: PipelineAdapter,
     prompts: Sequence[str],
     scorer: Scorer,
     out: str | Path,
@@ -96,12 +100,15 @@ def build_preferences(
     threshold: float | None = None,
     resume: bool = False,
     progress: bool = False,
+    size: dict[str, int] | None = None,
     settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Sample ``images_per_prompt`` media per prompt, score them and write ``pairs.jsonl``, ``labels.jsonl``,
     ``winners.jsonl`` and ``scores.jsonl`` into ``out`` (see the module docstring); returns the summary.
 
     ``batch_size`` prompts are sampled together. Prompts already written (``resume``) are not sampled again.
+    ``size`` (``height``, ``width``, ``num_frames``) overrides the model's default sample size; ``settings``
+    are recorded in ``settings.json`` with the sampling settings, and a resumed build must match them.
     """
     prompts = list(prompts)
     if not prompts:
@@ -115,7 +122,7 @@ def build_preferences(
     defaults = sampling_defaults(adapter)
     steps = int(steps or defaults.get("num_inference_steps", 20))
     guidance = float(guidance_scale if guidance_scale is not None else defaults.get("guidance_scale", 1.0))
-    size = {k: defaults[k] for k in ("height", "width", "num_frames") if k in defaults}
+    size = {**{k: defaults[k] for k in ("height", "width", "num_frames") if k in defaults}, **(size or {})}
     out = Path(out)
     _check_settings(out, {**(settings or {}), "scorer": scorer.name, "images_per_prompt": images_per_prompt,
                           "steps": steps, "guidance_scale": guidance, "seed": seed, "size": size}, resume)
@@ -142,7 +149,7 @@ def build_preferences(
         ])
         expanded = [prompts[i] for i in chunk for _ in range(images_per_prompt)]
         with torch.no_grad():
-            media = adapter.sample(expanded, steps=steps, guidance_scale=guidance, latents=latents).media.detach().float().cpu()
+            media = adapter.sample(expanded, steps=steps, guidance_scale=guidance, latents=latents, **size).media.detach().float().cpu()
         scores = score_media(scorer, list(media), expanded)
         rows = []
         for position, (index, sample) in enumerate((i, j) for i in chunk for j in range(images_per_prompt)):
@@ -200,7 +207,8 @@ def _write_build_manifests(out: Path, rows: list[dict], prompts: list[str], thre
 
 
 # ----------------------------------------------------------------------------------------- relabel / topk
-def _dataset(data: str | Path | DataConfig | PreferenceDataset, kinds: Sequence[str]) -> PreferenceDataset:
+def open_dataset(data: str | Path | DataConfig | PreferenceDataset, kinds: Sequence[str]) -> PreferenceDataset:
+    """``data`` opened as the first of ``kinds`` its source can give."""
     if isinstance(data, PreferenceDataset):
         if data.kind not in kinds:
             raise PreferenceDataError(f"{data.source}: needs {' or '.join(kinds)} examples, got {data.kind}")
@@ -284,7 +292,7 @@ def relabel_preferences(
     min/max-normalised scores (module docstring). Writes ``out/pairs.jsonl`` (with ``preferred_score``,
     ``rejected_score``, ``source_row`` and ``flipped``: the score order disagrees with the data's label),
     ``scores.jsonl`` and ``summary.json``; resumable."""
-    dataset = _dataset(data, ("pairs",))
+    dataset = open_dataset(data, ("pairs",))
     out = Path(out)
     _check_settings(out, {"source": dataset.source, "scorer": scorer.name, "command": "relabel"}, resume=True)
     items = [(i, k) for i in range(len(dataset)) for k in (0, 1)]
@@ -321,7 +329,7 @@ def topk_preferences(
     source, else its winners) as ``out/experts.jsonl`` (``prompt, media, score, source_row``), best first."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    dataset = _dataset(data, ("labels", "winners"))
+    dataset = open_dataset(data, ("labels", "winners"))
     out = Path(out)
     _check_settings(out, {"source": dataset.source, "scorer": scorer.name, "command": "topk"}, resume=True)
     scored = _score_items(dataset, [(i, 0) for i in range(len(dataset))], scorer, out, batch_size, progress)
@@ -338,5 +346,36 @@ def topk_preferences(
     _write_jsonl(out / "experts.jsonl", experts)
     summary = {"source": dataset.source, "items": len(unique), "k": k, "experts": len(experts), "failed": failed,
                "threshold": experts[-1]["score"] if experts else None}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def shapes_experts(prompts: Sequence[str], out: str | Path, *, seed: int = 0, size: int | None = None) -> dict[str, Any]:
+    """ShapesWorld's exact experts: the rendered ground-truth scene of each caption (layout seeded by
+    ``(seed, prompt index)``) as ``out/experts.jsonl`` (``prompt, media``) and PNGs under ``out/images``."""
+    import random
+
+    from diffalign.shapes import world
+    from diffalign.training.prompts import derive_seed
+
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("no prompts to render")
+    parsed = []
+    for index, prompt in enumerate(prompts):  # every caption is checked before anything is written
+        try:
+            parsed.append(world.parse_caption(prompt))
+        except world.GrammarError as err:
+            raise ValueError(f"prompt {index} {prompt!r} is not a ShapesWorld caption ({err})") from err
+    out = Path(out)
+    _check_settings(out, {"command": "experts", "source": "shapes ground truth", "seed": seed, "size": size}, resume=True)
+    rows = []
+    for index, (prompt, metadata) in enumerate(zip(prompts, parsed)):
+        scene = world.scene_for(metadata, random.Random(derive_seed(seed, "expert", index)))
+        name = f"images/{index:06d}.png"
+        save_image(world.render_tensor(scene, size or world.IMAGE_SIZE), out / name)
+        rows.append({"prompt": prompt, "media": name})
+    _write_jsonl(out / "experts.jsonl", rows)
+    summary = {"experts": len(rows), "source": "shapes ground truth"}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -1,4 +1,4 @@
-"""``diffalign prefs build|relabel|topk``: make preference data.
+"""``diffalign prefs build|relabel|topk|experts``: make preference data.
 
 Examples::
 
@@ -6,9 +6,11 @@ Examples::
         --scorer shapes --out data/shapes-prefs
     diffalign prefs relabel data/pickapic-subset --scorer pickscore --out data/relabelled
     diffalign prefs topk data/pickapic-subset --scorer hps --k 500 --out data/experts
+    diffalign prefs experts --prompts shapes --num-prompts 500 --out data/shapes-experts
 
 ``build`` writes ``pairs.jsonl``, ``labels.jsonl``, ``winners.jsonl`` and ``scores.jsonl`` (and the PNGs under
-``images/``); ``relabel`` writes ``pairs.jsonl``; ``topk`` writes ``experts.jsonl``. Every manifest is a
+``images/``); ``relabel`` writes ``pairs.jsonl``; ``topk`` writes ``experts.jsonl``; ``experts`` writes
+``experts.jsonl`` of rendered ShapesWorld ground truth (exact experts). Every manifest is a
 ``data.source`` for training. Re-running ``relabel``/``topk`` into the same folder scores only what is missing;
 ``build --resume`` samples only the prompts not yet written. Exit status 2 for bad arguments.
 """
@@ -18,8 +20,12 @@ import argparse
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from diffalign.pipelines import PipelineAdapter
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -57,12 +63,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     topk.add_argument("--k", type=int, default=500, help="how many experts (default: 500, Diffusion-DRO's)")
     topk.add_argument("--split", default="train", help="dataset split (Hugging Face sources)")
     _common(topk)
-    for sub_parser in (build, relabel, topk):
+    experts = sub.add_parser("experts", help="ShapesWorld: the rendered ground truth of each caption as an experts manifest")
+    experts.add_argument("--prompts", default="shapes", metavar="FILE|NAME", help="ShapesWorld captions (default: shapes)")
+    experts.add_argument("--num-prompts", type=int, default=None, help="captions to render (default: every prompt of the file)")
+    experts.add_argument("--seed", type=int, default=0)
+    experts.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
+    for sub_parser in (build, relabel, topk, experts):
         sub_parser.set_defaults(_prefs_parser=sub_parser)
     parser.set_defaults(_prefs_help=parser.print_help)
 
 
-def load_model(model: str, device: str | None = None):
+def load_model(model: str, device: str | None = None) -> "PipelineAdapter":
     """The adapter ``prefs build`` samples from (a hub id, local folder or shipped model name)."""
     from diffalign.pipelines import load
 
@@ -87,6 +98,10 @@ def _check(args: argparse.Namespace) -> list[str]:
     from diffalign.scorers import SCORERS, parse_spec
 
     problems = []
+    if args.prefs_command == "experts":
+        if args.num_prompts is not None and args.num_prompts < 1:
+            problems.append(f"--num-prompts must be >= 1, got {args.num_prompts}")
+        return problems
     try:
         unknown = [name for name, _ in parse_spec(args.scorer) if name not in SCORERS]
         if unknown:
@@ -126,13 +141,16 @@ def run(args: argparse.Namespace) -> int:
     from diffalign.media import MediaError
     from diffalign.scorers import load as load_scorer
 
-    from .build import build_preferences, relabel_preferences, topk_preferences
+    from .build import build_preferences, open_dataset, relabel_preferences, shapes_experts, topk_preferences
     from .config import DataConfig
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    progress = not args.no_progress
+    device = getattr(args, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
+    progress = not getattr(args, "no_progress", False)
     try:
-        if command == "build":
+        if command == "experts":
+            summary = shapes_experts(_prompts(args), args.out, seed=args.seed)
+            print(f"{summary['experts']} ground-truth experts -> {Path(args.out) / 'experts.jsonl'}")
+        elif command == "build":
             prompts = _prompts(args)  # before anything heavy loads
             scorer = load_scorer(args.scorer).to(device)
             adapter = load_model(args.model, device=device)
@@ -146,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
                   f"{summary['pairs']} pairs ({summary['ties']} ties dropped), {summary['desirable']} of "
                   f"{summary['labels']} labels desirable, {summary['winners']} winners -> {args.out}")
         else:
-            data = DataConfig(source=args.data, split=args.split)
+            kinds = ("pairs",) if command == "relabel" else ("labels", "winners")
+            data = open_dataset(DataConfig(source=args.data, split=args.split), kinds)  # before the scorer loads
             scorer = load_scorer(args.scorer).to(device)
             if command == "relabel":
                 summary = relabel_preferences(data, scorer, args.out, batch_size=args.batch_size or 16, progress=progress)

@@ -15,6 +15,8 @@ row at ``k mod N`` of the permutation of pass ``k // N`` (``N`` rows; the permut
 * **Undecodable rows** are recorded in :attr:`PreferenceLoader.skipped` (``{"row_id", "reason"}``, once
   per row, logged once) and replaced by the next row of the same pass's permutation (a function of the
   draw position only, so ranks and resumes agree). More than half of a batch failing is an error.
+* **Decoding** happens in the caller's thread, or in ``num_workers`` threads that decode a batch's rows ahead
+  (the same batches either way).
 * **Latents**: with ``encode`` the batch carries ``latents = encode(media)``; with ``cache_latents`` they
   are kept per row (encoded once) and the batch carries latents only (``media = None``).
 
@@ -101,6 +103,7 @@ class PreferenceLoader:
         num_processes: int = 1,
         process_index: int = 0,
         encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        num_workers: int = 0,
     ):
         config.validate()
         if num_processes < 1 or not 0 <= process_index < num_processes:
@@ -115,6 +118,10 @@ class PreferenceLoader:
         self.num_processes = num_processes
         self.process_index = process_index
         self.encode = encode
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.num_workers = num_workers  # decoding threads (0: decode in the caller's thread)
+        self._pool = None
         self.batch_size = config.examples_per_epoch
         self.position = 0  # global draw position of the next batch
         self.skipped: list[dict[str, str]] = []
@@ -177,6 +184,7 @@ class PreferenceLoader:
         rows: list[int] = []
         media: list[tuple[torch.Tensor, ...] | None] = []
         failures = 0
+        prefetched = self._prefetch(mine)
         for draw, key, stream_position in mine:
             stream = self._streams[key]
             attempt = 0
@@ -189,7 +197,7 @@ class PreferenceLoader:
                 reason = self._bad.get(row)
                 if reason is None:
                     try:
-                        media.append(self._media(row))
+                        media.append(prefetched.pop(row).result() if row in prefetched else self._media(row))
                         rows.append(row)
                         break
                     except (MediaError, OSError, ValueError) as err:
@@ -197,10 +205,9 @@ class PreferenceLoader:
                         self._fail(row, reason)
                 failures += 1
                 if failures > size / 2:
-                    first = self.skipped[-1]
                     raise PreferenceDataError(
                         f"{self.dataset.source}: {failures} rows of a batch of {size} could not be decoded "
-                        f"(e.g. {first['row_id']}: {first['reason']}); check the data"
+                        f"(e.g. {self.dataset.row_id(row)}: {reason}); check the data"
                     )
                 attempt += 1
         batch = self._assemble(mine, rows, media)
@@ -209,6 +216,22 @@ class PreferenceLoader:
             for _, key, _ in plan:
                 self._class_counts[key] += 1
         return batch
+
+    def _prefetch(self, plan) -> dict[int, Any]:
+        """Decode the first-choice rows of ``plan`` in ``num_workers`` threads (futures by row); the batch is
+        the same as with serial decoding."""
+        if not self.num_workers:
+            return {}
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="preference-decode")
+        futures: dict[int, Any] = {}
+        for _, key, stream_position in plan:
+            row = self._streams[key].row(stream_position)
+            if row not in futures and row not in self._bad and not (self.config.cache_latents and row in self._cache):
+                futures[row] = self._pool.submit(self._media, row)
+        return futures
 
     def _assemble(self, plan, rows: list[int], media: list[tuple[torch.Tensor, ...] | None]) -> PreferenceBatch:
         data = self.dataset
