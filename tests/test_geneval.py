@@ -15,8 +15,6 @@ from diffalign.eval.detection import Detection
 from diffalign.eval.geneval import GenEvalOptions, MetadataError, evaluate, evaluate_detections, relative_position
 from diffalign.eval.geneval.harness import load_prompts, sample_path, score_images, summarize_results
 
-pytest.importorskip("scipy", reason="transformers' Mask2Former needs scipy (the geneval extra)")
-
 DOG = {"tag": "single_object", "include": [{"class": "dog", "count": 1}], "prompt": "a photo of a dog"}
 
 
@@ -187,6 +185,7 @@ def tiny_geneval(tmp_path_factory):
     from tests.tiny.geneval import mask2former
     from tests.tiny.scorers import open_clip_folder
 
+    pytest.importorskip("scipy", reason="transformers' Mask2Former needs scipy (the geneval extra)")
     root = tmp_path_factory.mktemp("geneval-models")
     dog = object_names().index("dog")
     return {

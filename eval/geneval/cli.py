@@ -108,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(err))
     except OSError as err:  # a detector or CLIP checkpoint that is not there
         return fail(f"cannot load a GenEval model: {err}")
+    except ImportError as err:  # transformers' Mask2Former needs scipy
+        return fail(f"GenEval needs an optional dependency (pip install 'diffalign[geneval]'): {str(err).strip()}")
     print((Path(out) / "summary.md").read_text())
     print(f"results in {out} (overall {summary['overall']:.4f})")
     return 0
