@@ -324,6 +324,9 @@ def test_scoring_a_folder_writes_official_rows_and_resumes_without_rescoring(tin
     calls.clear()
     score_images(images, tmp_path / "out", counting_detector, colours, resume=True, progress=False)
     assert calls == []  # nothing left: no model call at all
+    (images / "00001" / "samples" / "0002.png").write_bytes(b"not a png")  # corrupt: skipped and reported
+    skipped = score_images(images, tmp_path / "out", counting_detector, colours, resume=True, progress=False)
+    assert calls == [] and skipped["images"] == 6 and len(skipped["skipped"]) == 1 and "0002.png" in skipped["skipped"][0]
     from diffalign.eval.benchmark import BenchmarkError
 
     with pytest.raises(BenchmarkError, match="--resume"):
