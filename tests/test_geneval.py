@@ -370,5 +370,7 @@ def test_cli_user_errors_exit_2_before_loading_models(tmp_path, capsys):
     assert "include" in capsys.readouterr().err
     assert main(["eval", "geneval", "--images", str(tmp_path / "bad"), "--option", "threshold=high"]) == 2
     assert "threshold=high" in capsys.readouterr().err
+    assert main(["eval", "geneval", "--model", "oracle", "--no-images"]) == 2
+    assert "--no-images" in capsys.readouterr().err
     assert main(["eval", "shapes", "--no-progress"]) == 2
     assert "needs --model" in capsys.readouterr().err

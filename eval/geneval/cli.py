@@ -72,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.model is None) == (args.images is None):
         return fail("geneval needs exactly one of --model (generate and score) or --images DIR (score a folder)")
+    if args.no_images:
+        return fail("geneval scores the PNG files it writes; --no-images does not apply")
     try:
         options, colour_options = parse_options(args.option)
         if args.scoring_batch_size < 1:

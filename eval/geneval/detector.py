@@ -24,7 +24,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -94,7 +93,7 @@ def instance_postprocess(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One image: ``Q×(C+1)`` class logits and ``Q×h×w`` mask logits, the ``padded`` input size, the
     ``resized`` image inside it and the ``original`` size -> ``labels K``, ``scores K``, ``boxes K×4``, ``masks K×H×W`` (bool), highest ``p`` first."""
-    num_queries, num_classes = class_logits.shape[0], class_logits.shape[1] - 1
+    num_classes = class_logits.shape[1] - 1
     probs = class_logits.float().softmax(-1)[:, :-1]
     top, index = probs.flatten().topk(min(max_per_image, probs.numel()), sorted=True)
     labels, queries = index % num_classes, index // num_classes
