@@ -200,7 +200,7 @@ def test_detector_is_mmdet_instance_scoring_of_the_transformers_model(tiny_genev
     from diffalign.eval.geneval.detector import Mask2FormerDetector, object_names, rescale_size
 
     assert rescale_size(512, 512) == (800, 800) and rescale_size(480, 640) == (800, 1067) and rescale_size(1024, 512) == (1333, 667)
-    detector = Mask2FormerDetector(tiny_geneval["detector"], device="cpu", scale=(96, 64))
+    detector = Mask2FormerDetector(tiny_geneval["detector"], device="cpu", scale=(96, 64), resize_backend="torch")
     images = torch.rand(1, 3, 40, 50)
     found = detector(images)[0]
     # independently: resize to 64×80 (factor min(96/50, 64/40) = 1.6), normalise, pad to 64×96
@@ -232,6 +232,21 @@ def test_detector_is_mmdet_instance_scoring_of_the_transformers_model(tiny_genev
     assert max(d.score for d in found["dog"]) > 0.3  # the confident tiny model's class
     with pytest.raises(ValueError, match="80 classes"):
         Mask2FormerDetector(tiny_geneval["detector"], device="cpu", class_names=["dog"])
+
+
+def test_resize_is_opencv_bilinear_when_installed():
+    cv2 = pytest.importorskip("cv2")
+    from diffalign.eval.geneval.detector import MMDET_MEAN, MMDET_STD, preprocess
+
+    image = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    expected = cv2.resize(image, (107, 80), interpolation=cv2.INTER_LINEAR).astype(np.float32)  # factor 80/30
+    tensor = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+    for backend, tolerance in (("auto", 0), ("cv2", 0), ("torch", 1)):
+        pixels, resized = preprocess(tensor, (1333, 80), resize_backend=backend)
+        assert resized == (80, 107) and pixels.shape[-2:] == (96, 128)  # padded to multiples of 32
+        values = pixels[0, :, :80, :107] * torch.tensor(MMDET_STD).view(3, 1, 1) + torch.tensor(MMDET_MEAN).view(3, 1, 1)
+        assert np.abs(values.permute(1, 2, 0).numpy() - expected).max() <= tolerance + 1e-3
+        assert (pixels[0, :, 80:] == 0).all() and (pixels[0, :, :, 107:] == 0).all()
 
 
 def test_colour_classifier_is_zero_shot_clip_on_the_masked_crop(tiny_geneval):
