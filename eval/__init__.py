@@ -2,6 +2,7 @@
 
 * :mod:`diffalign.eval.benchmark`: the generic pieces (:class:`Benchmark`, :func:`run_benchmark`).
 * :mod:`diffalign.eval.shapes_eval`: ShapesEval, GenEval's tasks on ShapesWorld with an exact judge.
+* :mod:`diffalign.eval.geneval`: GenEval (rule engine, Mask2Former detector, CLIP colours, harness).
 """
 from __future__ import annotations
 

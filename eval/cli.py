@@ -13,14 +13,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-BENCHMARKS = {"shapes": "ShapesEval: GenEval's six tasks on ShapesWorld, judged exactly"}
+BENCHMARKS = {
+    "shapes": "ShapesEval: GenEval's six tasks on ShapesWorld, judged exactly",
+    "geneval": "GenEval: 553 prompts, Mask2Former + CLIP colour rules (--model or --images DIR)",
+}
 ORACLE = "oracle"
 FALLBACK_STEPS, FALLBACK_GUIDANCE = 20, 4.5
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("benchmark", choices=sorted(BENCHMARKS), help="; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items()))
-    parser.add_argument("--model", required=True, help=f"shipped model name (shapes-sd, shapes-flow), diffusers folder or hub id; '{ORACLE}' renders the ground truth")
+    parser.add_argument("--model", default=None, help=f"shipped model name (shapes-sd, shapes-flow), diffusers folder or hub id; '{ORACLE}' renders the ground truth")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/eval-BENCHMARK-MODEL-TIME)")
     parser.add_argument("--images-per-prompt", type=int, default=4, help="samples per prompt (default 4, as GenEval)")
     parser.add_argument("--steps", type=int, default=None,
@@ -35,6 +38,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     parser.add_argument("--no-images", action="store_true", help="do not write every sample as PNG (results and grid only)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from .geneval.cli import add_arguments as add_geneval_arguments
+
+    add_geneval_arguments(parser)
 
 
 def model_sampling_defaults(model: str) -> dict[str, Any]:
@@ -56,15 +62,27 @@ def _sampler(model: str, device: str | None) -> Any:
     return load(model, device=device)
 
 
+def load_sampler(args: argparse.Namespace) -> Any:
+    """The model every benchmark samples from (``--model``, ``--device``)."""
+    return _sampler(args.model, args.device)
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.benchmark == "geneval":
+        from .geneval.cli import run as run_geneval
+
+        return run_geneval(args)
     from diffalign.shapes.world import GrammarError
 
     from .benchmark import BenchmarkError
     from .shapes_eval import run_shapes_eval
 
+    if args.model is None:
+        print(f"diffalign eval: {args.benchmark} needs --model", file=sys.stderr)
+        return 2
     out = args.out or Path("runs") / f"eval-{args.benchmark}-{re.sub(r'[^A-Za-z0-9._-]+', '_', args.model)}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
-        sampler = _sampler(args.model, args.device)
+        sampler = load_sampler(args)
     except (OSError, ValueError) as err:
         print(f"diffalign eval: cannot load model {args.model!r}: {err}", file=sys.stderr)
         return 2

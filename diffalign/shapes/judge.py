@@ -21,7 +21,8 @@
    (mean residual) × scene evidence (share of the image near the background colour): ~1 on clean
    renders, low on ambiguous blobs, off-palette smears and busy garbage images.
 
-**Verdict** (:func:`judge`), GenEval's ``evaluate_images.py`` rules:
+**Verdict** (:func:`judge`), GenEval's ``evaluate_images.py`` rules from the shared engine
+:mod:`diffalign.eval.geneval.rules` (colours come from the detector, not from CLIP):
 
 * detections with confidence > ``threshold`` (``counting_threshold`` for counting prompts),
   highest first, at most ``max_objects`` per class;
@@ -342,72 +343,47 @@ def _as_metadata(prompt_or_metadata: str | Mapping[str, Any]) -> dict[str, Any]:
 
 
 def verdict(detections: Sequence[Detection], metadata: Mapping[str, Any], config: JudgeConfig = DEFAULT_CONFIG) -> Verdict:
-    """Apply GenEval's rules to already computed detections (see the module docstring)."""
-    metadata = _as_metadata(metadata)
-    threshold = config.counting_threshold if metadata.get("tag") == "counting" else config.threshold
-    by_class: dict[str, list[Detection]] = {}
-    for det in sorted(detections, key=lambda d: -d.confidence):
-        if det.confidence > threshold and len(by_class.setdefault(det.shape, [])) < config.max_objects:
-            by_class[det.shape].append(det)
-    exact = {c["class"] for c in metadata.get("exclude", [])}
+    """Apply GenEval's rules (:func:`diffalign.eval.geneval.evaluate`) to already computed detections,
+    and add the dense partial credit (see the module docstring)."""
+    # diffalign.eval imports this module (ShapesEval), so the engine is imported when first used
+    from diffalign.eval.geneval.rules import Detection as GenEvalDetection
+    from diffalign.eval.geneval.rules import GenEvalOptions, evaluate
 
-    correct = True
-    reasons: list[str] = []
+    metadata = _as_metadata(metadata)
+    options = GenEvalOptions(
+        threshold=config.threshold,
+        counting_threshold=config.counting_threshold,
+        max_objects=config.max_objects,
+        position_threshold=config.position_threshold,
+    )
+    by_class: dict[str, list[GenEvalDetection]] = {}
+    colour_of: dict[int, str] = {}  # the detector already knows each object's colour
+    for det in sorted(detections, key=lambda d: -d.confidence):
+        candidate = GenEvalDetection(box=det.box, score=det.confidence)
+        colour_of[id(candidate)] = det.color
+        by_class.setdefault(det.shape, []).append(candidate)
+    result = evaluate(metadata, by_class, lambda objects, _: [colour_of[id(o)] for o in objects], options)
+
+    exact = {c["class"] for c in metadata.get("exclude", [])}
     credits: list[dict[str, Any]] = []
-    groups: list[list[Detection] | None] = []
-    for clause in metadata.get("include", []):
-        name, want = clause["class"], int(clause["count"])
-        found_all = by_class.get(name, [])
-        found = found_all[:want]
-        matched = len(found) >= want
-        n_det = len(found_all)
+    for clause in result.clauses:
+        name, want, n_det = clause.clause["class"], int(clause.clause["count"]), clause.available
         count_credit = max(0.0, 1 - abs(want - n_det) / want) if name in exact else min(n_det, want) / want
         credits.append({"constraint": f"count {name}", "credit": count_credit})
-        if not matched:
-            correct = False
-            reasons.append(f"expected {name}>={want}, found {len(found)}")
-        if "color" in clause:
-            colours = [d.color for d in found]
-            n_colour = colours.count(clause["color"])
-            colour_credit = 1 - abs(want - n_colour) / want if matched else 0.0
-            credits.append({"constraint": f"color {clause['color']} {name}", "credit": colour_credit})
-            if matched and n_colour < want:
-                correct = matched = False
-                others = ", ".join(f"{colours.count(c)} {c}" for c in world.COLORS if c in colours)
-                reasons.append(f"expected {clause['color']} {name}>={want}, found {n_colour} {clause['color']}; and {others}")
-        if "position" in clause:
-            relation, target_group = clause["position"][0], int(clause["position"][1])
-            position_ok = False
-            if matched:
-                target = groups[target_group] if target_group < len(groups) else None
-                if target is None:
-                    correct = matched = False
-                    reasons.append(f"no target for {name} to be {relation}")
-                else:
-                    position_ok = True
-                    for obj in found:
-                        for other in target:
-                            found_rels = world.relations(obj.box, other.box, config.position_threshold)
-                            if relation not in found_rels:
-                                correct = matched = position_ok = False
-                                reasons.append(f"expected {name} {relation} target, found {' and '.join(sorted(found_rels)) or 'no relation to'} target")
-                                break
-                        if not position_ok:
-                            break
-            credits.append({"constraint": f"{name} {relation} group {target_group}", "credit": float(position_ok)})
-        groups.append(found if matched else None)
-    for clause in metadata.get("exclude", []):
-        name, limit = clause["class"], int(clause["count"])
-        if len(by_class.get(name, [])) >= limit:
-            correct = False
-            reasons.append(f"expected {name}<{limit}, found {len(by_class[name])}")
-    score = sum(c["credit"] for c in credits) / len(credits) if credits else float(correct)
+        if "color" in clause.clause:
+            n_colour = clause.colors.count(clause.clause["color"]) if clause.count_ok else 0
+            colour_credit = 1 - abs(want - n_colour) / want if clause.count_ok else 0.0
+            credits.append({"constraint": f"color {clause.clause['color']} {name}", "credit": colour_credit})
+        if "position" in clause.clause:
+            relation, target_group = clause.clause["position"][0], int(clause.clause["position"][1])
+            credits.append({"constraint": f"{name} {relation} group {target_group}", "credit": float(bool(clause.position_ok))})
+    score = sum(c["credit"] for c in credits) / len(credits) if credits else float(result.correct)
     details = {
         "detections": [d.as_dict() for d in detections],
-        "classes": {name: [list(d.box) for d in dets] for name, dets in by_class.items()},
+        "classes": {name: [list(d.box) for d in dets] for name, dets in result.objects.items()},
         "credits": credits,
     }
-    return Verdict(correct=correct, score=float(score), reason="\n".join(reasons), details=details)
+    return Verdict(correct=result.correct, score=float(score), reason=result.reason, details=details)
 
 
 def judge_batch(

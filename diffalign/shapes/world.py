@@ -251,40 +251,18 @@ def caption(scene_or_metadata: Scene | Mapping[str, Any]) -> str:
 
 # -------------------------------------------------------------------------------------- geometry
 def relation_components(box_a: Sequence[float], box_b: Sequence[float], threshold: float = POSITION_THRESHOLD) -> tuple[float, float] | None:
-    """GenEval's relative position of box A w.r.t. box B, as the normalised shrunk offset ``(dx, dy)``.
+    """GenEval's relative position of box A w.r.t. box B (:func:`diffalign.eval.geneval.rules.relation_components`)."""
+    # imported at call time: diffalign.eval imports ShapesWorld
+    from diffalign.eval.geneval.rules import relation_components as geneval_relation_components
 
-    With centres ``c`` and box sizes ``d = (w, h)``: ``o = c_A - c_B``,
-    ``o' = sign(o) · max(|o| - threshold · (d_A + d_B), 0)`` per axis, and ``(dx, dy) = o' / ||o||``.
-    Returns None when ``|o'| < 1e-3`` on both axes (no relation). Boxes are ``(x0, y0, x1, y1)``.
-    """
-    a = np.asarray(box_a, dtype=np.float64)
-    b = np.asarray(box_b, dtype=np.float64)
-    center_a, center_b = (a[:2] + a[2:]) / 2, (b[:2] + b[2:]) / 2
-    dim_a, dim_b = np.abs(a[2:] - a[:2]), np.abs(b[2:] - b[:2])
-    offset = center_a - center_b
-    revised = np.maximum(np.abs(offset) - threshold * (dim_a + dim_b), 0) * np.sign(offset)
-    if np.all(np.abs(revised) < 1e-3):
-        return None
-    dx, dy = revised / np.linalg.norm(offset)
-    return float(dx), float(dy)
+    return geneval_relation_components(box_a, box_b, threshold)
 
 
 def relations(box_a: Sequence[float], box_b: Sequence[float], threshold: float = POSITION_THRESHOLD) -> set[str]:
-    """The set of :data:`RELATIONS` that hold for A relative to B (GenEval rule, y grows downward)."""
-    components = relation_components(box_a, box_b, threshold)
-    if components is None:
-        return set()
-    dx, dy = components
-    found = set()
-    if dx < -0.5:
-        found.add("left of")
-    if dx > 0.5:
-        found.add("right of")
-    if dy < -0.5:
-        found.add("above")
-    if dy > 0.5:
-        found.add("below")
-    return found
+    """The set of :data:`RELATIONS` that hold for A relative to B (GenEval's rule, y grows downward)."""
+    from diffalign.eval.geneval.rules import relative_position
+
+    return relative_position(box_a, box_b, threshold)
 
 
 def _box_gap(a: ShapeObject, b: ShapeObject) -> float:
