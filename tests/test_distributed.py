@@ -1,7 +1,7 @@
 """Two processes (torchrun, gloo) make the same update as one process with the same global batch.
 
-Prompts are drawn from a seeded draw shared by all ranks, each sample's noise from a generator keyed
-by its global index, rewards are gathered before advantages, and gradients are averaged across
+Prompts (or preference pairs) are drawn from a seeded draw shared by all ranks, each sample's noise from a
+generator keyed by its global index, rewards are gathered before advantages, and gradients are averaged across
 ranks; so splitting the global batch over processes must not change the weights beyond float
 round-off.
 """
@@ -30,7 +30,10 @@ cases = [("ddpo", "ddpo", "sd15", {}), ("flow_grpo", "flow_grpo", "sd3", {"sampl
          ("awm", "awm", "sd15", {"sampling": {"stochastic": False}}),
          # Flow-GRPO-Fast: the SDE window and each group's shared initial noise must not depend on the split
          ("flow_grpo_fast", "flow_grpo", "sd15", {"sampling": {"steps": 4, "sde_window": 2, "sde_window_range": [0, 4],
-                                                               "same_latent": True}})]
+                                                               "same_latent": True}}),
+         # Diffusion-DPO: each rank reads its slice of the same seeded draw of pairs
+         ("dpo", "dpo", "sd15", {"data": {"source": paths["data"], "examples_per_epoch": 4 // world,
+                                          "prompt_dropout": 0.25}, "dpo": {"beta": 100.0}})]
 for case, algorithm, kind, extra in cases:
     sections = {"run": {"epochs": 2, "checkpoint_every": 0},
                 "sampling": {"batch_size": 4 // world, "batches_per_epoch": 1, "group_size": 2},
@@ -61,7 +64,9 @@ def _env() -> dict[str, str]:
 def test_two_processes_match_one_process(tiny_model, tmp_path):
     script = tmp_path / "run_trainer.py"
     script.write_text(SCRIPT)
-    models = [f"{k}={tiny_model(k)}" for k in ("sd15", "sd3")]
+    from tests.tiny.prefs import write_pairs
+
+    models = [f"{k}={tiny_model(k)}" for k in ("sd15", "sd3")] + [f"data={write_pairs(tmp_path / 'pairs', 16)}"]
     single, double = tmp_path / "one", tmp_path / "two"
     single.mkdir(), double.mkdir()
     subprocess.run([sys.executable, str(script), str(single), "1", *models], check=True, cwd=ROOT, env=_env(),
@@ -72,7 +77,7 @@ def test_two_processes_match_one_process(tiny_model, tmp_path):
         cwd=ROOT, env=_env(), timeout=600, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    for algorithm in ("ddpo", "flow_grpo", "awm", "flow_grpo_fast"):
+    for algorithm in ("ddpo", "flow_grpo", "awm", "flow_grpo_fast", "dpo"):
         one = load_file(str(single / f"{algorithm}.safetensors"))
         two = load_file(str(double / f"{algorithm}.safetensors"))
         assert one.keys() == two.keys()
