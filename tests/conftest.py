@@ -43,3 +43,15 @@ def tiny_shapes_sd(tmp_path_factory):
     args = ["--tiny", "--dataset-size", "32", "--batch-size", "4", "--autoencoder-steps", "2", "--steps", "2"]
     assert pretrain.main([*args, "--model", "sd", "--out", str(out)]) == 0
     return out / "shapes-sd"
+
+
+@pytest.fixture(scope="session")
+def shapes_rise(tmp_path_factory):
+    """The ShapesWorld rise tests' shared pieces (``tests/shapes_rise.py``), computed once per session."""
+    from tests.shapes_rise import ShapesRise
+
+    base = tmp_path_factory.getbasetemp()
+    # xdist workers' temp folders sit in the session's folder: share that one between them
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shapes-rise"
+    shared.mkdir(exist_ok=True)
+    return ShapesRise(shared)
