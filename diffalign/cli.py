@@ -1,4 +1,4 @@
-"""The ``diffalign`` command line: ``train``, ``score``, ``eval``, ``demo``, ``sample``.
+"""The ``diffalign`` command line: ``train``, ``score``, ``eval``, ``demo``, ``sample``, ``runs``.
 
 Each subcommand lives beside the code it drives, in a module exposing
 ``configure_parser(parser)`` and ``run(args) -> int``.
@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "eval": ("diffalign.eval.cli", "run a benchmark (ShapesEval, GenEval-style, VBench-style)"),
     "demo": ("diffalign.demo", "evaluate, align and re-evaluate the shipped ShapesWorld model on CPU"),
     "sample": ("diffalign.sample", "sample an image grid from a model"),
+    "runs": ("diffalign.runs", "list training runs: algorithm, epochs, held-out reward, resumable"),
 }
 
 

@@ -115,6 +115,7 @@ class Trainer:
     ):
         if isinstance(config, (str, Path)) and not Path(config).exists():
             config = recipe_path(config)
+        self.recipe = Path(config) if isinstance(config, (str, Path)) else None  # provenance for the model card
         overrides = dict(overrides) if isinstance(overrides, dict) else list(overrides)
         self.config = load_config(config, overrides)
         chosen = self.config.run.algorithm
@@ -657,6 +658,9 @@ class Trainer:
                     final.mkdir(parents=True, exist_ok=True)
                     save_file({k: v.to("cpu", torch.float32).contiguous() for k, v in self.trainable_state_dict().items()},
                               str(final / "denoiser.safetensors"))
+            from diffalign.trained import write_model_card
+
+            write_model_card(final, self.config, run_dir=self.run_dir, recipe=self.recipe, history=self.history)
         self.accelerator.wait_for_everyone()
         return final
 
