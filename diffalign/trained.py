@@ -347,6 +347,11 @@ def _resolve_lora(model: str, path: Path, scale: float) -> TrainedWeights:
     elif not path.is_dir():
         raise TrainedModelError(f"{path}: LoRA folder not found")
     elif not (path / LORA_FILE).is_file():
+        if (path / "config.toml").is_file():
+            raise TrainedModelError(f"{path}: a run folder, not a LoRA folder: use --run {path}")
+        if (path / DENOISER_FILE).is_file():
+            raise TrainedModelError(f"{path}: holds full fine-tune weights ({DENOISER_FILE}), not a LoRA: "
+                                    f"load its run with --run RUN_DIR")
         files = sorted(p.name for p in path.glob("*.safetensors"))
         if len(files) != 1:
             found = f"it holds {', '.join(files)}; name one" if files else "no .safetensors file"
@@ -556,7 +561,8 @@ def write_model_card(
         lines.append("No held-out evaluation was logged.")
     from diffalign.pipelines import shipped_model_path
 
-    shipped = shipped_model_path(base) is not None
+    # a bare name of a model in assets/models (shipped_model_path also accepts any absolute folder)
+    shipped = "/" not in base and not Path(base).exists() and shipped_model_path(base) is not None
     source = f'shipped_model_path("{base}")' if shipped else json.dumps(base)
     denoiser = _denoiser_component(base)
     lines += ["", "## Load it with diffusers", "", "```python"]
