@@ -480,17 +480,22 @@ def _header_comment(path: Path) -> list[str]:
 
 def _changed_values(recipe: Path, config_dict: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """``section.key = value`` for each value of the run that differs from the recipe's."""
-    from diffalign.config import load_config
+    import dataclasses
+
+    from diffalign.config import ConfigError, load_config
 
     try:
-        original = load_config(recipe).to_dict()
+        original = load_config(recipe)
     except Exception:  # the recipe changed or vanished since the run started: list nothing rather than fail the save
         return []
     changed = []
     for section, values in config_dict.items():
-        for key, value in values.items():
-            if original.get(section, {}).get(key, value) != value or (section not in original):
-                changed.append(f"{section}.{key} = {json.dumps(value)}")
+        try:  # a section the recipe leaves out holds its defaults
+            before = dataclasses.asdict(original.section(section))
+        except ConfigError:
+            before = {}
+        changed += [f"{section}.{key} = {json.dumps(value)}" for key, value in values.items()
+                    if key not in before or before[key] != value]
     return changed
 
 
