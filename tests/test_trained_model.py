@@ -203,6 +203,8 @@ def test_lora_that_does_not_fit_is_a_one_line_error(lora_run, base_model, tiny_s
             for text in expected:
                 assert text in err, (name, text, err)
             assert not (tmp_path / "x.png").exists() and not (tmp_path / name / "results.jsonl").exists()
+    assert main(["sample", "--checkpoint", "1", "--out", str(tmp_path / "x.png")]) == 2  # no --run: refused before loading
+    assert "--checkpoint needs --run" in capsys.readouterr().err
     with pytest.raises(TrainedModelError, match="LoRA folder not found"):
         load_trained_model(base_model, lora=tmp_path / "nowhere")
     with pytest.raises(TrainedModelError, match="saved epochs: 1, 2"):
@@ -213,15 +215,26 @@ def test_lora_that_does_not_fit_is_a_one_line_error(lora_run, base_model, tiny_s
         load_trained_model(base_model, lora=lora_run)
 
 
-def test_trainables_that_are_not_the_denoiser_are_named(lora_run, tmp_path):
+def test_trainables_that_are_not_the_denoiser_are_named_or_go_to_their_loader(lora_run, tmp_path, monkeypatch):
     from safetensors.torch import load_file, save_file
+
+    from diffalign import trained
+    from diffalign.registry import Registry
 
     run = tmp_path / "run"
     shutil.copytree(lora_run, run)
     weights = run / "checkpoints" / "epoch_000002" / "weights.safetensors"
-    save_file({**load_file(str(weights)), "noise/mu": torch.zeros(4)}, str(weights))
+    save_file({**load_file(str(weights)), "noise/mu": torch.arange(4.0)}, str(weights))
     with pytest.raises(TrainedModelError, match=r"not the denoiser \(noise\)"):
         load_trained_model(run=run, checkpoint=2)
+    # the hook: a registered loader receives its tensors by name, the denoiser still gets its LoRA
+    received = {}
+    loaders = Registry("non-denoiser trainable")
+    loaders.register("noise", lambda adapter, tensors: received.update(tensors))
+    monkeypatch.setattr(trained, "NON_DENOISER_LOADERS", loaders)
+    adapter = load_trained_model(run=run, checkpoint=2)
+    assert list(received) == ["mu"] and torch.equal(received["mu"], torch.arange(4.0))
+    assert torch.equal(_sample(adapter), _sample(load_trained_model(run=lora_run)))
     shutil.rmtree(run / "final")
     with pytest.raises(TrainedModelError, match=r"missing final/pytorch_lora_weights.safetensors .*saved epochs: 1, 2"):
         load_trained_model(run=run)
