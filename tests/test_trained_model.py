@@ -127,6 +127,7 @@ def test_checkpoint_loads_that_epoch_with_the_runs_ema_weights(lora_run, base_mo
 def test_lora_scale_zero_is_the_base_model(lora_run, base_model):
     base = _sample(load_trained_model(base_model))
     assert torch.equal(_sample(load_trained_model(base_model, lora=lora_run / "final", lora_scale=0.0)), base)
+    assert torch.equal(_sample(load_trained_model(run=lora_run, checkpoint=2, lora_scale=0.0)), base)
     half = _sample(load_trained_model(base_model, lora=lora_run / "final", lora_scale=0.5))
     assert not torch.equal(half, base) and not torch.equal(half, _sample(load_trained_model(run=lora_run)))
 
