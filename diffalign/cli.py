@@ -1,4 +1,4 @@
-"""The ``diffalign`` command line: ``train``, ``score``, ``eval``, ``demo``, ``sample``, ``prefs``.
+"""The ``diffalign`` command line: ``train``, ``score``, ``eval``, ``demo``, ``sample``, ``prefs``, ``runs``.
 
 Each subcommand lives beside the code it drives, in a module exposing
 ``configure_parser(parser)`` and ``run(args) -> int``.
@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "demo": ("diffalign.demo", "evaluate, align and re-evaluate the shipped ShapesWorld model on CPU"),
     "sample": ("diffalign.sample", "sample an image grid from a model"),
     "prefs": ("diffalign.preferences.cli", "build, relabel and select preference data (pairs, labels, winners, experts)"),
+    "runs": ("diffalign.runs", "list training runs: algorithm, epochs, held-out reward, resumable"),
 }
 
 

@@ -45,7 +45,8 @@ class DemoResult:
 
 
 def _summary_markdown(summary: dict[str, Any]) -> str:
-    before, after = summary["before"], summary["after"]
+    from diffalign.eval.compare import comparison_table
+
     lines = [
         f"# diffalign demo: {summary['algorithm']} on {summary['model']}",
         "",
@@ -53,51 +54,9 @@ def _summary_markdown(summary: dict[str, Any]) -> str:
         f"{summary['eval_steps']} steps, guidance {summary['eval_guidance_scale']}; reward: ShapesWorld judge "
         f"(fraction of the caption's checks met); {summary['epochs']} training epochs in {summary['train_seconds']:.0f} s.",
         "",
-        "| task | accuracy before | accuracy after | judge score before | judge score after |",
-        "|---|---|---|---|---|",
+        *comparison_table(summary["before"], summary["after"]),
     ]
-    for task, b in before["tasks"].items():
-        a = after["tasks"].get(task, {})
-        lines.append(f"| {task} | {b['accuracy']:.3f} | {a.get('accuracy', float('nan')):.3f} "
-                     f"| {b['score']:.3f} | {a.get('score', float('nan')):.3f} |")
-    lines.append(f"| **overall** | **{before['overall']:.3f}** | **{after['overall']:.3f}** "
-                 f"| **{before['overall_score']:.3f}** | **{after['overall_score']:.3f}** |")
     return "\n".join(lines) + "\n"
-
-
-def _first_samples_by_task(run: Path) -> dict[str, list[Path]]:
-    """Sample 0 of every prompt of a ShapesEval run folder, grouped by task, in suite order."""
-    rows: dict[str, list[Path]] = {}
-    for line in (run / "results.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        if row["sample_index"] == 0:
-            rows.setdefault(row["tag"], []).append(run / row["filename"])
-    return rows
-
-
-def _before_after_image(before: Path, after: Path, path: Path, tile: int = 96) -> Path:
-    """One row per task, one column per prompt (same seed): the base model's sample on the left
-    panel, the aligned model's on the right."""
-    from PIL import Image, ImageDraw
-
-    left, right = _first_samples_by_task(before), _first_samples_by_task(after)
-    tasks = [t for t in left if t in right]
-    columns = max(len(left[t]) for t in tasks)
-    label, gap, header, pad = 92, 16, 18, 2
-    panel = columns * (tile + pad)
-    canvas = Image.new("RGB", (label + 2 * panel + gap, header + len(tasks) * (tile + pad)), "white")
-    draw = ImageDraw.Draw(canvas)
-    draw.text((label, 3), "before", fill="black")
-    draw.text((label + panel + gap, 3), "after", fill="black")
-    for r, task in enumerate(tasks):
-        y = header + r * (tile + pad)
-        draw.text((2, y + tile // 2 - 6), task, fill="black")
-        for x0, files in ((label, left[task]), (label + panel + gap, right[task])):
-            for c, file in enumerate(files):
-                image = Image.open(file).convert("RGB").resize((tile, tile), Image.NEAREST)
-                canvas.paste(image, (x0 + c * (tile + pad), y))
-    canvas.save(path)
-    return path
 
 
 def run_demo(
@@ -114,6 +73,7 @@ def run_demo(
     log=print,
 ) -> DemoResult:
     """Evaluate, align and re-evaluate a ShapesWorld model; see the module docstring."""
+    from diffalign.eval.compare import before_after_grid
     from diffalign.eval.shapes_eval import run_shapes_eval
     from diffalign.pipelines import load
     from diffalign.training.trainer import Trainer
@@ -167,7 +127,7 @@ def run_demo(
     }
     paths = {
         "summary": out / "summary.md",
-        "before_after": _before_after_image(out / "before", out / "after", out / "before_after.png"),
+        "before_after": before_after_grid(out / "before", out / "after", out / "before_after.png"),
         "reward_curve": trainer.plot_rewards(),
         "train": trainer.run_dir,
     }

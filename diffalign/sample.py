@@ -1,8 +1,10 @@
-"""``diffalign sample``: sample an image grid from any supported model (hub id, folder or shipped name)."""
+"""``diffalign sample``: sample an image grid from any supported model (hub id, folder or shipped name),
+with trained weights on it (``--lora DIR``, ``--run RUN_DIR [--checkpoint N]``; see :mod:`diffalign.trained`)."""
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -33,7 +35,9 @@ def model_defaults(adapter) -> dict:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="shapes-sd", help="hub id, local folder or shipped model name (default: shapes-sd)")
+    from diffalign.trained import add_trained_model_arguments
+
+    add_trained_model_arguments(parser, default_model="shapes-sd")
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     parser.add_argument("--prompts", help="file with one prompt per line")
     parser.add_argument("--num-images", type=int, default=4, help="images per prompt")
@@ -46,14 +50,18 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from diffalign.media import save_grid
-    from diffalign.pipelines import load
+    from diffalign.trained import load_from_args
 
-    prompts = list(args.prompt)
-    if args.prompts:
-        prompts += read_prompts(args.prompts)
-    if not prompts:
-        prompts = ["a photo of a red circle", "a photo of two blue squares", "a photo of a green triangle left of a yellow circle"]
-    adapter = load(args.model, device=args.device)
+    try:
+        prompts = list(args.prompt)
+        if args.prompts:
+            prompts += read_prompts(args.prompts)
+        if not prompts:
+            prompts = ["a photo of a red circle", "a photo of two blue squares", "a photo of a green triangle left of a yellow circle"]
+        adapter = load_from_args(args)
+    except (OSError, ValueError) as err:  # missing files, a LoRA that does not fit, an unsupported model
+        print(f"diffalign sample: {err}", file=sys.stderr)
+        return 2
     defaults = model_defaults(adapter)
     steps = args.steps or defaults.get("num_inference_steps", 20)
     guidance = args.guidance_scale if args.guidance_scale is not None else defaults.get("guidance_scale", 1.0)

@@ -1,5 +1,9 @@
 """``diffalign eval BENCHMARK --model NAME_OR_PATH``: sample, judge and report a benchmark.
 
+The trained result goes on the model with ``--lora DIR`` or ``--run RUN_DIR [--checkpoint N]``
+(:mod:`diffalign.trained`); ``--compare`` evaluates the base and the trained model with the same seeds
+and writes one before/after table and grid (:mod:`diffalign.eval.compare`).
+
 ``--model`` takes anything :func:`diffalign.pipelines.load` takes (a shipped model name such as
 ``shapes-sd``, a local diffusers folder, a hub id already in the local cache) or ``oracle``, which
 renders the ground truth (the judge's upper bound).
@@ -23,7 +27,13 @@ FALLBACK_STEPS, FALLBACK_GUIDANCE = 20, 4.5
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("benchmark", choices=sorted(BENCHMARKS), help="; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items()))
-    parser.add_argument("--model", default=None, help=f"shipped model name (shapes-sd, shapes-flow), diffusers folder or hub id; '{ORACLE}' renders the ground truth")
+    from diffalign.trained import add_trained_model_arguments
+
+    add_trained_model_arguments(parser, model_help=f"shipped model name (shapes-sd, shapes-flow), diffusers folder or hub id "
+                                f"(default: the run's model.source); '{ORACLE}' renders the ground truth")
+    parser.add_argument("--compare", action="store_true",
+                        help="with --lora or --run: evaluate the base model and the trained one with the same seeds, "
+                             "into OUT/before and OUT/after, and write compare.md/.json and before_after.png")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/eval-BENCHMARK-MODEL-TIME)")
     parser.add_argument("--images-per-prompt", type=int, default=4, help="samples per prompt (default 4, as GenEval)")
     parser.add_argument("--steps", type=int, default=None,
@@ -52,19 +62,17 @@ def model_sampling_defaults(model: str) -> dict[str, Any]:
     return read_defaults(folder) if folder is not None else {}
 
 
-def _sampler(model: str, device: str | None) -> Any:
-    if model == ORACLE:
+def load_sampler(args: argparse.Namespace) -> Any:
+    """The model every benchmark samples from: ``--model`` with ``--lora``/``--run`` on it, or the oracle."""
+    if args.model == ORACLE:
+        if args.lora or args.run:
+            raise ValueError(f"--model {ORACLE} renders the ground truth; it takes no --lora or --run")
         from .shapes_eval import GroundTruthSampler
 
         return GroundTruthSampler()
-    from diffalign.pipelines import load
+    from diffalign.trained import load_from_args
 
-    return load(model, device=device)
-
-
-def load_sampler(args: argparse.Namespace) -> Any:
-    """The model every benchmark samples from (``--model``, ``--device``)."""
-    return _sampler(args.model, args.device)
+    return load_from_args(args)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,38 +81,50 @@ def run(args: argparse.Namespace) -> int:
 
         return run_geneval(args)
     from diffalign.shapes.world import GrammarError
+    from diffalign.trained import TrainedModelError, resolve_from_args
 
     from .benchmark import BenchmarkError
     from .shapes_eval import run_shapes_eval
 
-    if args.model is None:
-        print(f"diffalign eval: {args.benchmark} needs --model", file=sys.stderr)
-        return 2
-    out = args.out or Path("runs") / f"eval-{args.benchmark}-{re.sub(r'[^A-Za-z0-9._-]+', '_', args.model)}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
-        sampler = load_sampler(args)
-    except (OSError, ValueError) as err:
-        print(f"diffalign eval: cannot load model {args.model!r}: {err}", file=sys.stderr)
+        base, trained = resolve_from_args(args) if args.model != ORACLE else (ORACLE, None)
+        if args.compare and trained is None:
+            raise TrainedModelError("--compare needs the trained weights: --lora DIR or --run RUN_DIR")
+    except TrainedModelError as err:
+        print(f"diffalign eval: {err}", file=sys.stderr)
         return 2
-    defaults = model_sampling_defaults(args.model) if args.model != ORACLE else {}
+    name = trained.label if trained is not None else base
+    out = args.out or Path("runs") / f"eval-{args.benchmark}-{re.sub(r'[^A-Za-z0-9._-]+', '_', name)[-80:]}-{time.strftime('%Y%m%d-%H%M%S')}"
+    defaults = model_sampling_defaults(base) if base != ORACLE else {}
     steps = args.steps if args.steps is not None else defaults.get("num_inference_steps", FALLBACK_STEPS)
     guidance = args.guidance_scale if args.guidance_scale is not None else defaults.get("guidance_scale", FALLBACK_GUIDANCE)
-    try:
-        summary = run_shapes_eval(
-            sampler,
-            out,
-            images_per_prompt=args.images_per_prompt,
-            steps=steps,
-            guidance_scale=guidance,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            max_prompts_per_task=args.max_prompts_per_task,
-            prompts=args.prompts,
-            model_name=args.model,
-            progress=not args.no_progress,
-            resume=args.resume,
-            save_images=not args.no_images,
+
+    def evaluate(sampler: Any, folder: Path, model_name: str) -> dict[str, Any]:
+        return run_shapes_eval(
+            sampler, folder, images_per_prompt=args.images_per_prompt, steps=steps, guidance_scale=guidance,
+            seed=args.seed, batch_size=args.batch_size, max_prompts_per_task=args.max_prompts_per_task,
+            prompts=args.prompts, model_name=model_name, progress=not args.no_progress, resume=args.resume,
+            save_images=not args.no_images or args.compare,  # the before/after grid is made from the saved images
         )
+
+    try:
+        if args.compare:
+            from .compare import evaluate_before_after
+
+            result = evaluate_before_after(base, trained, evaluate, out, device=args.device,
+                                           title=f"{BENCHMARKS[args.benchmark].split(':')[0]}: before and after training")
+            print(result.paths["compare"].read_text())
+            print(f"results in {out}: " + ", ".join(p.name for p in result.paths.values()))
+            return 0
+        sampler = load_sampler(args)
+    except (BenchmarkError, GrammarError) as err:
+        print(f"diffalign eval: {err}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as err:  # TrainedModelError and AdapterError are ValueErrors
+        print(f"diffalign eval: cannot load model {name!r}: {err}", file=sys.stderr)
+        return 2
+    try:
+        summary = evaluate(sampler, out, name)
     except (BenchmarkError, GrammarError) as err:
         print(f"diffalign eval: {err}", file=sys.stderr)
         return 2

@@ -590,9 +590,9 @@ class PipelineAdapter(ABC):
         save(str(directory), safe_serialization=True, **kwargs)
         return directory
 
-    def load_lora(self, directory: str | Path, adapter_name: str = "default") -> None:
-        """Load LoRA weights saved by :meth:`save_lora` (or any diffusers LoRA) onto the denoiser."""
-        self.pipe.load_lora_weights(str(directory), adapter_name=adapter_name)
+    def load_lora(self, directory: str | Path, adapter_name: str = "default", weight_name: str | None = None) -> None:
+        """Load LoRA weights saved by :meth:`save_lora` (or any diffusers LoRA; ``weight_name`` picks the file)."""
+        self.pipe.load_lora_weights(str(directory), adapter_name=adapter_name, weight_name=weight_name)
         self.lora_config = self.trainable_denoiser.peft_config[adapter_name]
         self.lora_adapter_name = adapter_name
 

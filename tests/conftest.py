@@ -55,3 +55,14 @@ def shapes_rise(tmp_path_factory):
     shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shapes-rise"
     shared.mkdir(exist_ok=True)
     return ShapesRise(shared)
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes_models(tmp_path_factory):
+    """Folder with tiny ShapesWorld models (``shapes-sd``, ``shapes-flow``) built by the real pretraining code."""
+    from diffalign.shapes import pretrain
+
+    out = tmp_path_factory.mktemp("shapes-models")
+    args = ["--tiny", "--dataset-size", "32", "--batch-size", "4", "--autoencoder-steps", "2", "--steps", "2", "--flow-steps", "2"]
+    assert pretrain.main([*args, "--model", "all", "--out", str(out)]) == 0
+    return out

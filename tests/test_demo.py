@@ -6,19 +6,9 @@ import json
 import pytest
 import torch
 
-from diffalign.shapes import pretrain as P
-
 TINY_DEMO = ["sampling.batch_size=4", "sampling.batches_per_epoch=1", "sampling.group_size=2", "sampling.steps=3",
              "train.batch_size=2", "train.updates_per_epoch=1", "eval.steps=2", "prompts.num_eval=4", "eval.batch_size=4", "run.log_with=",
              "run.progress=false", "awm.train_timesteps=1"]
-
-
-@pytest.fixture(scope="module")
-def tiny_shapes_models(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shapes-models")
-    args = ["--tiny", "--dataset-size", "32", "--batch-size", "4", "--autoencoder-steps", "2", "--steps", "2", "--flow-steps", "2"]
-    assert P.main([*args, "--model", "all", "--out", str(out)]) == 0
-    return out
 
 
 def test_demo_writes_before_after_and_changes_the_model(tmp_path, tiny_shapes_models):

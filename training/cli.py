@@ -50,4 +50,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"diffalign train: {err}", file=sys.stderr)
         return 3
     print(f"run folder: {trainer.run_dir}")
+    print(f"next: diffalign sample --run {trainer.run_dir}; diffalign eval shapes --run {trainer.run_dir} --compare")
     return 0

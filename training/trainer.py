@@ -110,6 +110,7 @@ class Trainer:
     ):
         if isinstance(config, (str, Path)) and not Path(config).exists():
             config = recipe_path(config)
+        self.recipe = Path(config) if isinstance(config, (str, Path)) else None  # provenance for the model card
         overrides = dict(overrides) if isinstance(overrides, dict) else list(overrides)
         self.config = load_config(config, overrides)
         chosen = self.config.run.algorithm
@@ -579,6 +580,9 @@ class Trainer:
                     else:
                         save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in group.params.items()},
                                   str(final / f"{group.name}.safetensors"))
+            from diffalign.trained import write_model_card
+
+            write_model_card(final, self.config, run_dir=self.run_dir, recipe=self.recipe, history=self.history)
         self.accelerator.wait_for_everyone()
         return final
 

@@ -1,0 +1,142 @@
+"""Before/after: a base model and its trained version on one benchmark, with the same seeds.
+
+Works on the folders :func:`diffalign.eval.benchmark.run_benchmark` writes (``summary.json`` and
+``results.jsonl``), so every benchmark gets the same outputs:
+
+* ``compare.md`` / ``compare.json`` — per task, accuracy and mean judge score before, after and the
+  difference (after - before), and the overall numbers;
+* ``before_after.png`` — one row per task, one tile per prompt (sample 0, the same seed on both sides):
+  the base model's images on the left panel, the trained model's on the right.
+
+:func:`evaluate_before_after` runs both evaluations for any benchmark given as a function
+``evaluate(sampler, out_dir, model_name) -> summary``; ``diffalign demo`` and ``diffalign eval --compare``
+use these pieces.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+__all__ = ["Comparison", "before_after_grid", "comparison_rows", "comparison_table", "evaluate_before_after", "write_comparison"]
+
+
+@dataclass
+class Comparison:
+    before: dict[str, Any]
+    after: dict[str, Any]
+    paths: dict[str, Path]
+
+
+def comparison_rows(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
+    """Per-task and overall numbers before, after and ``delta = after - before`` (tasks of ``before``, in order)."""
+    tasks = {}
+    for task, b in before["tasks"].items():
+        a = after["tasks"].get(task)
+        if a is None:
+            continue
+        tasks[task] = {key: {"before": b[key], "after": a[key], "delta": a[key] - b[key]} for key in ("accuracy", "score")}
+    overall = {key: {"before": before[name], "after": after[name], "delta": after[name] - before[name]}
+               for key, name in (("accuracy", "overall"), ("score", "overall_score"))}
+    return {"tasks": tasks, "overall": overall}
+
+
+def comparison_table(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    """Markdown lines: one row per task and a bold overall row (accuracy = the benchmark's headline)."""
+    rows = comparison_rows(before, after)
+    lines = ["| task | accuracy before | accuracy after | Δ accuracy | judge score before | judge score after | Δ score |",
+             "|---|---|---|---|---|---|---|"]
+    for task, v in rows["tasks"].items():
+        acc, score = v["accuracy"], v["score"]
+        lines.append(f"| {task} | {acc['before']:.3f} | {acc['after']:.3f} | {acc['delta']:+.3f} "
+                     f"| {score['before']:.3f} | {score['after']:.3f} | {score['delta']:+.3f} |")
+    acc, score = rows["overall"]["accuracy"], rows["overall"]["score"]
+    lines.append(f"| **overall** | **{acc['before']:.3f}** | **{acc['after']:.3f}** | **{acc['delta']:+.3f}** "
+                 f"| **{score['before']:.3f}** | **{score['after']:.3f}** | **{score['delta']:+.3f}** |")
+    return lines
+
+
+def _first_samples_by_task(run: Path) -> dict[str, list[Path]]:
+    """Sample 0 of every prompt of a benchmark folder, grouped by task, in suite order."""
+    rows: dict[str, list[Path]] = {}
+    for line in (run / "results.jsonl").read_text().splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if row["sample_index"] == 0 and (run / row["filename"]).is_file():
+            rows.setdefault(row["tag"], []).append(run / row["filename"])
+    return rows
+
+
+def before_after_grid(before: str | Path, after: str | Path, path: str | Path, tile: int = 96,
+                      labels: tuple[str, str] = ("before", "after")) -> Path | None:
+    """One row per task, one column per prompt (same seed): ``before``'s sample on the left panel,
+    ``after``'s on the right. None when the folders hold no saved images."""
+    from PIL import Image, ImageDraw
+
+    left, right = _first_samples_by_task(Path(before)), _first_samples_by_task(Path(after))
+    tasks = [t for t in left if t in right]
+    if not tasks:
+        return None
+    columns = max(len(left[t]) for t in tasks)
+    label, gap, header, pad = 92, 16, 18, 2
+    panel = columns * (tile + pad)
+    canvas = Image.new("RGB", (label + 2 * panel + gap, header + len(tasks) * (tile + pad)), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((label, 3), labels[0], fill="black")
+    draw.text((label + panel + gap, 3), labels[1], fill="black")
+    for r, task in enumerate(tasks):
+        y = header + r * (tile + pad)
+        draw.text((2, y + tile // 2 - 6), task, fill="black")
+        for x0, files in ((label, left[task]), (label + panel + gap, right[task])):
+            for c, file in enumerate(files):
+                image = Image.open(file).convert("RGB").resize((tile, tile), Image.NEAREST)
+                canvas.paste(image, (x0 + c * (tile + pad), y))
+    path = Path(path)
+    canvas.save(path)
+    return path
+
+
+def write_comparison(out: str | Path, before: Mapping[str, Any], after: Mapping[str, Any], *, title: str,
+                     base: str, trained: str, notes: str = "") -> dict[str, Path]:
+    """``compare.md``, ``compare.json`` and ``before_after.png`` from ``out/before`` and ``out/after``."""
+    out = Path(out)
+    rows = comparison_rows(before, after)
+    (out / "compare.json").write_text(json.dumps({"base": base, "trained": trained, **rows,
+                                                  "before": dict(before), "after": dict(after)}, indent=2) + "\n")
+    text = [f"# {title}", "", f"Before: `{base}`. After: `{trained}`. Same prompts, seeds and sampler settings.", ""]
+    if notes:
+        text += [notes, ""]
+    text += comparison_table(before, after)
+    (out / "compare.md").write_text("\n".join(text) + "\n")
+    paths = {"compare": out / "compare.md", "compare_json": out / "compare.json"}
+    grid = before_after_grid(out / "before", out / "after", out / "before_after.png")
+    if grid is not None:
+        paths["before_after"] = grid
+    return paths
+
+
+def evaluate_before_after(
+    base: str,
+    trained,
+    evaluate: Callable[[Any, Path, str], dict[str, Any]],
+    out: str | Path,
+    *,
+    title: str,
+    device: str | None = None,
+    notes: str = "",
+) -> Comparison:
+    """Evaluate the base model into ``out/before``, put ``trained`` (:class:`diffalign.trained.TrainedWeights`)
+    on it, evaluate again into ``out/after`` and write the comparison. The weights are checked against
+    the model before the first image is sampled."""
+    from diffalign.pipelines import load
+
+    out = Path(out)
+    adapter = load(base, device=device)
+    trained.check(adapter)
+    before = evaluate(adapter, out / "before", base)
+    trained.apply(adapter)
+    after = evaluate(adapter, out / "after", trained.label)
+    paths = write_comparison(out, before, after, title=title, base=base, trained=trained.label, notes=notes)
+    return Comparison(before=before, after=after, paths=paths)
