@@ -2,7 +2,9 @@
 
 1. Evaluate a shipped ShapesWorld model on a ShapesEval subset (the judge is exact, see
    :mod:`diffalign.shapes.judge`).
-2. Align it online with the ShapesWorld judge as reward (``{algorithm}_shapes`` recipe, LoRA).
+2. Align it with the ``{algorithm}_shapes`` recipe (LoRA): online with the ShapesWorld judge as reward
+   (AWM, DDPO, Flow-GRPO), or, for the preference trainers (DPO, KTO, SmPO), offline on preference data
+   the demo builds first from the model's own samples, labelled by the judge (``diffalign prefs build``).
 3. Evaluate again with the same prompts, seeds and sampler settings.
 4. Write to the run folder: ``before_after.png`` (the same prompts and seeds, before | after),
    ``reward_curve.png``, ``summary.md``/``summary.json`` (per-task accuracy and judge score,
@@ -26,14 +28,21 @@ from pathlib import Path
 from typing import Any, Sequence
 
 #: algorithm -> (shipped model, training epochs): each recipe's tested rise on shapes-sd
-#: (tests/test_trainer.py), a few CPU minutes on one thread (per epoch about 3-4 s for every algorithm).
-#: All three run on shapes-sd: from the untrained shapes-flow model neither AWM's nor Flow-GRPO's update
+#: (tests/test_trainer.py, tests/test_preference_trainers.py), a few CPU minutes on one thread.
+#: All run on shapes-sd: from the untrained shapes-flow model neither AWM's nor Flow-GRPO's update
 #: directions agree across epochs (bench/gradient_agreement.py), so its demo would show noise.
 DEMO_SETTINGS: dict[str, tuple[str, int]] = {
     "awm": ("shapes-sd", 30),
     "flow_grpo": ("shapes-sd", 40),
     "ddpo": ("shapes-sd", 30),
+    "dpo": ("shapes-sd", 20),
+    "kto": ("shapes-sd", 20),
+    "smpo": ("shapes-sd", 20),
 }
+#: preference algorithm -> the manifest of ``diffalign prefs build`` it trains on
+PREFERENCE_DATA = {"dpo": "pairs.jsonl", "kto": "labels.jsonl", "smpo": "pairs.jsonl"}
+#: the demo's preference data: prompts, samples per prompt, sampler steps (no CFG, as the recipes evaluate)
+PREFERENCE_PROMPTS, PREFERENCE_IMAGES, PREFERENCE_STEPS = 192, 4, 10
 DEFAULT_ALGORITHM = "awm"
 
 
@@ -44,15 +53,25 @@ class DemoResult:
     paths: dict[str, Path] = field(default_factory=dict)
 
 
+def describe_reward(spec: str, options: dict[str, Any]) -> str:
+    """The reward in words, as the run configured it."""
+    if spec == "shapes":
+        return "ShapesWorld judge (" + ("fraction of the caption's checks met" if options.get("mode", "fraction") == "fraction"
+                                        else f"mode {options['mode']}") + ")"
+    return f"{spec}" + (f" {options}" if options else "")
+
+
 def _summary_markdown(summary: dict[str, Any]) -> str:
     from diffalign.eval.compare import comparison_table
 
+    feedback = (f"preference data: {summary['preference_data']}" if summary.get("preference_data")
+                else f"reward: {summary['reward']}")
     lines = [
         f"# diffalign demo: {summary['algorithm']} on {summary['model']}",
         "",
         f"ShapesEval subset: {summary['prompts_per_task']} prompts per task x {summary['images_per_prompt']} images, "
-        f"{summary['eval_steps']} steps, guidance {summary['eval_guidance_scale']}; reward: ShapesWorld judge "
-        f"(fraction of the caption's checks met); {summary['epochs']} training epochs in {summary['train_seconds']:.0f} s.",
+        f"{summary['eval_steps']} steps, guidance {summary['eval_guidance_scale']}; {feedback}; "
+        f"{summary['epochs']} training epochs in {summary['train_seconds']:.0f} s.",
         "",
         *comparison_table(summary["before"], summary["after"]),
     ]
@@ -71,6 +90,7 @@ def run_demo(
     overrides: Sequence[str] = (),
     progress: bool = True,
     log=print,
+    preference_prompts: int = PREFERENCE_PROMPTS,
 ) -> DemoResult:
     """Evaluate, align and re-evaluate a ShapesWorld model; see the module docstring."""
     from diffalign.eval.compare import before_after_grid
@@ -92,13 +112,14 @@ def run_demo(
 
     log(f"[1/4] loading {model}")
     adapter = load(model)
-    trainer = Trainer(
-        f"{algorithm}_shapes",
-        overrides=[f"run.epochs={epochs}", f"run.seed={seed}", f"model.source={model}", "eval.at_start=false",
-                   f"eval.every={max(1, epochs // 3)}", f"run.progress={str(progress).lower()}", f"run.checkpoint_every={epochs}", *overrides],
-        adapter=adapter,
-        run_dir=out / "train",
-    )
+    run_overrides = [f"run.epochs={epochs}", f"run.seed={seed}", f"model.source={model}", "eval.at_start=false",
+                     f"eval.every={max(1, epochs // 3)}", f"run.progress={str(progress).lower()}", f"run.checkpoint_every={epochs}"]
+    preference_data = None
+    if algorithm in PREFERENCE_DATA:
+        manifest, preference_data = _build_preference_data(adapter, out / "data", algorithm, preference_prompts, seed,
+                                                           progress, log)
+        run_overrides.append(f"data.source={manifest}")
+    trainer = Trainer(f"{algorithm}_shapes", overrides=[*run_overrides, *overrides], adapter=adapter, run_dir=out / "train")
     e = trainer.config.eval
     eval_kwargs = dict(
         images_per_prompt=images_per_prompt, steps=e.steps, guidance_scale=e.guidance_scale, seed=seed,
@@ -109,7 +130,9 @@ def run_demo(
     before = run_shapes_eval(adapter, out / "before", **eval_kwargs)
     log(f"      overall accuracy {before['overall']:.3f}, judge score {before['overall_score']:.3f}")
 
-    log(f"[3/4] aligning with {algorithm} for {epochs} epochs (reward: ShapesWorld judge)")
+    reward = describe_reward(trainer.config.reward.spec, trainer.config.reward.options)
+    log(f"[3/4] aligning with {algorithm} for {epochs} epochs ("
+        + (f"preference data: {preference_data}" if preference_data else f"reward: {reward}") + ")")
     started = time.time()
     trainer.train()
     train_seconds = time.time() - started
@@ -122,8 +145,8 @@ def run_demo(
     summary = {
         "algorithm": algorithm, "model": model, "epochs": epochs, "seed": seed, "train_seconds": round(train_seconds, 1),
         "prompts_per_task": prompts_per_task, "images_per_prompt": images_per_prompt,
-        "eval_steps": e.steps, "eval_guidance_scale": e.guidance_scale,
-        "before": before, "after": after,
+        "eval_steps": e.steps, "eval_guidance_scale": e.guidance_scale, "reward": reward,
+        "preference_data": preference_data, "before": before, "after": after,
     }
     paths = {
         "summary": out / "summary.md",
@@ -137,9 +160,27 @@ def run_demo(
     return DemoResult(out=out, summary=summary, paths={k: v for k, v in paths.items() if v is not None})
 
 
+def _build_preference_data(adapter, folder: Path, algorithm: str, prompts: int, seed: int, progress: bool, log) -> tuple[Path, str]:
+    """ShapesWorld's own Pick-a-Pic: samples of the model scored by the judge (``diffalign prefs build``)."""
+    from diffalign import scorers
+    from diffalign.preferences.build import build_preferences
+    from diffalign.training.prompts import derive_seed, prompt_source
+
+    log(f"      building preference data: {prompts} prompts x {PREFERENCE_IMAGES} samples, judged by the ShapesWorld judge")
+    captions = prompt_source("shapes").draw(prompts, derive_seed(seed, "demo-preference-data"))
+    summary = build_preferences(adapter, captions, scorers.load("shapes", mode="fraction"), folder,
+                                images_per_prompt=PREFERENCE_IMAGES, steps=PREFERENCE_STEPS, guidance_scale=1.0,
+                                seed=seed, progress=progress)
+    kind = PREFERENCE_DATA[algorithm]
+    what = (f"{summary['pairs']} best-vs-worst pairs" if kind == "pairs"
+            else f"{summary['labels']} images labelled by the judge ({summary['desirable']} desirable)")
+    return folder / kind, f"{what} of {prompts} prompts x {PREFERENCE_IMAGES} samples, judged by the ShapesWorld judge"
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--algorithm", choices=sorted(DEMO_SETTINGS), default=DEFAULT_ALGORITHM,
-                        help=f"online RL algorithm (default {DEFAULT_ALGORITHM}); each uses its *_shapes recipe")
+                        help=f"algorithm (default {DEFAULT_ALGORITHM}); each uses its *_shapes recipe, the preference ones "
+                             f"({', '.join(PREFERENCE_DATA)}) on preference data built from the model with the judge first")
     parser.add_argument("--model", default=None, help="ShapesWorld model: shipped name or folder (default: the recipe's)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: what fits a few CPU minutes)")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default runs/demo-TIME)")

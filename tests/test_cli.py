@@ -32,11 +32,7 @@ def test_prompt_file_errors_name_the_file(tmp_path):
 
 def test_console_script_help_lists_subcommands():
     result = subprocess.run([sys.executable, "-m", "diffalign.cli", "--help"], capture_output=True, text=True, check=True)
-<<<<<<< HEAD
-    for command in ("train", "score", "eval", "demo", "sample", "prefs"):
-=======
-    for command in ("train", "score", "eval", "demo", "sample", "runs"):
->>>>>>> runs
+    for command in ("train", "score", "eval", "demo", "sample", "prefs", "runs"):
         assert command in result.stdout
 
 
