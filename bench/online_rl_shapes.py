@@ -1,4 +1,9 @@
-"""DDPO vs Flow-GRPO vs AWM on ShapesWorld, side by side: time to reach a held-out reward target.
+"""Algorithms on ShapesWorld, side by side: time to reach a held-out reward target.
+
+The online trainers (DDPO, Flow-GRPO, AWM) by default; the preference trainers (``--algorithms dpo smpo``,
+``kto``) train on one preference dataset built once from the model with the judge (``--data DIR`` to reuse
+one built by ``diffalign prefs build``), so they compare from the same data budget; their clock counts the
+updates only (the data is built before).
 
 Every algorithm starts from the same shipped model (``--model``, default ``shapes-flow``: the
 algorithms are family-agnostic, so all three run on it and only the algorithm differs), uses its
@@ -16,6 +21,7 @@ standard errors measures noise, not learning.
     python bench/online_rl_shapes.py --epochs 12 --target-gain 0.05
     python bench/online_rl_shapes.py --algorithms awm flow_grpo --model shapes-sd
     python bench/online_rl_shapes.py --report runs/bench-online-rl --target-gain 0.05   # re-score saved curves
+    python bench/online_rl_shapes.py --algorithms dpo smpo --reference dpo --model shapes-sd --out runs/bench-prefs
 
 Writes ``OUT/results.json``, ``OUT/results.md`` and ``OUT/curves.png``.
 """
@@ -31,7 +37,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-ALGORITHMS = ("ddpo", "flow_grpo", "awm")
+from diffalign.demo import PREFERENCE_DATA  # noqa: E402
+
+ONLINE = ("ddpo", "flow_grpo", "awm")
+ALGORITHMS = (*ONLINE, "dpo", "kto", "smpo")
 
 
 def run_algorithm(algorithm: str, args: argparse.Namespace, out: Path) -> dict:
@@ -45,6 +54,8 @@ def run_algorithm(algorithm: str, args: argparse.Namespace, out: Path) -> dict:
         *([f"eval.guidance_scale={args.eval_guidance}"] if args.eval_guidance is not None else []),
         *args.set,
     ]
+    if algorithm not in ONLINE:
+        overrides.append(f"data.source={preference_data(args) / PREFERENCE_DATA[algorithm]}")
     trainer = Trainer(f"{algorithm}_shapes", overrides=overrides, run_dir=out / algorithm)
     e = trainer.config.eval
     settings = {"eval_steps": e.steps, "eval_guidance": e.guidance_scale}
@@ -64,6 +75,19 @@ def run_algorithm(algorithm: str, args: argparse.Namespace, out: Path) -> dict:
     trainer.close()
     return {"algorithm": algorithm, "curve": curve, "gain": paired_gain(first["eval/rewards"], last["eval/rewards"]),
             **settings}
+
+
+def preference_data(args: argparse.Namespace) -> Path:
+    """The preference data every preference algorithm of the run trains on: ``--data``, or built once into
+    ``OUT/data`` from ``--model`` with the judge, as ``diffalign demo`` builds it."""
+    if args.data is None:
+        args.data = args.out / "data"
+        if not (args.data / "pairs.jsonl").exists():
+            from diffalign.demo import build_shapes_preference_data
+            from diffalign.pipelines import load
+
+            build_shapes_preference_data(load(args.model), args.data, "dpo", args.data_prompts, args.seed, True, print)
+    return args.data
 
 
 def paired_gain(before: list[float], after: list[float]) -> tuple[float, float]:
@@ -89,7 +113,12 @@ def time_to_target(curve: list[tuple[int, float, float]], target: float,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=list(ALGORITHMS))
+    parser.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=list(ONLINE))
+    parser.add_argument("--reference", choices=ALGORITHMS, default="flow_grpo",
+                        help="times are also given relative to this algorithm's (default flow_grpo)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="preference data folder (diffalign prefs build) for dpo/kto/smpo; default: built into OUT/data")
+    parser.add_argument("--data-prompts", type=int, default=192, help="prompts of the preference data built")
     parser.add_argument("--model", default="shapes-flow")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--num-eval", type=int, default=32, help="held-out prompts")
@@ -107,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report is not None:
         saved = json.loads((args.report / "results.json").read_text())
         runs = saved["runs"]
-        for key in ("model", "epochs", "num_eval", "threads"):
+        for key in ("model", "epochs", "num_eval", "threads", "reference"):
             setattr(args, key, type(getattr(args, key))(saved["args"][key]))
         args.out = args.report
         return _report(runs, args, suffix=f"_gain{args.target_gain:g}" if args.target is None else f"_target{args.target:g}")
@@ -118,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(runs: list[dict], args: argparse.Namespace, suffix: str = "") -> int:
-    reference = next((r for r in runs if r["algorithm"] == "flow_grpo"), None)
+    reference = next((r for r in runs if r["algorithm"] == args.reference), None)
+    name = args.reference
     for run in runs:
         run["start"] = run["curve"][0][2]
         run["final"] = run["curve"][-1][2]
@@ -131,24 +161,24 @@ def _report(runs: list[dict], args: argparse.Namespace, suffix: str = "") -> int
                 run["curve"], run["target"], held=held)
     for run in runs:
         for kind in ("first", "held"):
-            run.pop(f"time_ratio_vs_flow_grpo_{kind}", None)  # stale values from a re-scored results.json
-            run.pop(f"time_ratio_vs_flow_grpo_{kind}_is_bound", None)
+            run.pop(f"time_ratio_vs_reference_{kind}", None)  # stale values from a re-scored results.json
+            run.pop(f"time_ratio_vs_reference_{kind}_is_bound", None)
             mine = run[f"seconds_to_target_{kind}"]
             theirs = reference[f"seconds_to_target_{kind}"] if reference else None
             if reference is None or mine is None or run is reference:
                 continue
-            # Flow-GRPO never got there: its whole training time bounds the ratio from above
-            run[f"time_ratio_vs_flow_grpo_{kind}"] = mine / (theirs or reference["curve"][-1][1])
-            run[f"time_ratio_vs_flow_grpo_{kind}_is_bound"] = theirs is None
+            # the reference never got there: its whole training time bounds the ratio from above
+            run[f"time_ratio_vs_reference_{kind}"] = mine / (theirs or reference["curve"][-1][1])
+            run[f"time_ratio_vs_reference_{kind}_is_bound"] = theirs is None
 
     def cell(run: dict, kind: str) -> str:
         epoch, seconds = run[f"epochs_to_target_{kind}"], run[f"seconds_to_target_{kind}"]
         if epoch is None:
             return "not reached"
-        ratio = run.get(f"time_ratio_vs_flow_grpo_{kind}")
+        ratio = run.get(f"time_ratio_vs_reference_{kind}")
         if ratio is None:
             return f"{epoch} / {seconds:.1f} s"
-        bound = "< " if run[f"time_ratio_vs_flow_grpo_{kind}_is_bound"] else ""
+        bound = "< " if run[f"time_ratio_vs_reference_{kind}_is_bound"] else ""
         return f"{epoch} / {seconds:.1f} s ({bound}{ratio:.2f}x)"
 
     def gain_cell(run: dict) -> str:
@@ -158,11 +188,11 @@ def _report(runs: list[dict], args: argparse.Namespace, suffix: str = "") -> int
         return f"{mean:+.3f} ± {stderr:.3f}"
 
     lines = [
-        f"# Online RL on ShapesWorld ({args.model}): time to a held-out judge-score target",
+        f"# ShapesWorld ({args.model}): time to a held-out judge-score target",
         "",
         f"{args.epochs} epochs each, {args.num_eval} held-out prompts, training time only, {args.threads} CPU thread(s); "
         + (f"target {args.target}." if args.target is not None else f"target: start + {args.target_gain}.")
-        + " Cells: epochs / training seconds to the target (time relative to Flow-GRPO's). *first*: the first"
+        + f" Cells: epochs / training seconds to the target (time relative to {name}'s). *first*: the first"
         " evaluation at the target; *held*: the first from which every later evaluation stays there.",
         "",
         "| algorithm | eval steps / CFG | start | target | final | final gain ± s.e. | mean of last half | first | held "

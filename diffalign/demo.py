@@ -116,7 +116,7 @@ def run_demo(
                      f"eval.every={max(1, epochs // 3)}", f"run.progress={str(progress).lower()}", f"run.checkpoint_every={epochs}"]
     preference_data = None
     if algorithm in PREFERENCE_DATA:
-        manifest, preference_data = _build_preference_data(adapter, out / "data", algorithm, preference_prompts, seed,
+        manifest, preference_data = build_shapes_preference_data(adapter, out / "data", algorithm, preference_prompts, seed,
                                                            progress, log)
         run_overrides.append(f"data.source={manifest}")
     trainer = Trainer(f"{algorithm}_shapes", overrides=[*run_overrides, *overrides], adapter=adapter, run_dir=out / "train")
@@ -160,7 +160,7 @@ def run_demo(
     return DemoResult(out=out, summary=summary, paths={k: v for k, v in paths.items() if v is not None})
 
 
-def _build_preference_data(adapter, folder: Path, algorithm: str, prompts: int, seed: int, progress: bool, log) -> tuple[Path, str]:
+def build_shapes_preference_data(adapter, folder: Path, algorithm: str, prompts: int, seed: int, progress: bool, log) -> tuple[Path, str]:
     """ShapesWorld's own Pick-a-Pic: samples of the model scored by the judge (``diffalign prefs build``)."""
     from diffalign import scorers
     from diffalign.preferences.build import build_preferences

@@ -128,9 +128,9 @@ class Trainer:
         if run.algorithm not in ALGORITHMS:
             raise ConfigError(f"run.algorithm = {run.algorithm!r} is unknown; known: {', '.join(ALGORITHMS.names())}")
         self.algorithm: Algorithm = ALGORITHMS.get(run.algorithm)(self.config)
-        if self.config.advantage.mode != self.algorithm.default_advantage_mode:
-            logger.warning("advantage.mode = %r; %s normally uses %r", self.config.advantage.mode,
-                           run.algorithm, self.algorithm.default_advantage_mode)
+        expected_mode = self.algorithm.default_advantage_mode
+        if expected_mode is not None and self.config.advantage.mode != expected_mode:
+            logger.warning("advantage.mode = %r; %s normally uses %r", self.config.advantage.mode, run.algorithm, expected_mode)
         self.run_dir = Path(run_dir) if run_dir is not None else Path(run.output_dir) / run.name
         self.grad_accum = self._derive_accumulation()
 

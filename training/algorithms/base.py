@@ -143,8 +143,8 @@ class Algorithm:
     config_class: ClassVar[type]
     #: rollouts must carry per-step log-probs (stochastic sampling)
     needs_log_probs: ClassVar[bool] = True
-    #: advantage mode the official recipe uses (a warning is logged when the config differs)
-    default_advantage_mode: ClassVar[str] = "group"
+    #: advantage mode the official recipe uses (a warning is logged when the config differs; None: no advantages)
+    default_advantage_mode: ClassVar[str | None] = "group"
     #: why ``advantage.drop_zero`` is refused (empty: the filter is allowed)
     drop_zero_refused: ClassVar[str] = ""
 

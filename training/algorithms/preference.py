@@ -38,6 +38,7 @@ class PreferenceAlgorithm(Algorithm):
 
     data_kind: ClassVar[str] = "pairs"
     needs_log_probs = False
+    default_advantage_mode = None  # no rewards are collected, so no advantages
     drop_zero_refused = "it filters online advantages; preference data has none"
 
     @property
