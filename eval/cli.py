@@ -13,14 +13,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-BENCHMARKS = {"shapes": "ShapesEval: GenEval's six tasks on ShapesWorld, judged exactly"}
+BENCHMARKS = {
+    "shapes": "ShapesEval: GenEval's six tasks on ShapesWorld, judged exactly",
+    "vbench": "VBench: the official video prompts and dimensions (--videos DIR or --model M)",
+}
 ORACLE = "oracle"
 FALLBACK_STEPS, FALLBACK_GUIDANCE = 20, 4.5
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("benchmark", choices=sorted(BENCHMARKS), help="; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items()))
-    parser.add_argument("--model", required=True, help=f"shipped model name (shapes-sd, shapes-flow), diffusers folder or hub id; '{ORACLE}' renders the ground truth")
+    parser.add_argument("--model", default=None, help=f"shipped model name (shapes-sd, shapes-flow), diffusers folder or hub id; '{ORACLE}' renders the ground truth")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/eval-BENCHMARK-MODEL-TIME)")
     parser.add_argument("--images-per-prompt", type=int, default=4, help="samples per prompt (default 4, as GenEval)")
     parser.add_argument("--steps", type=int, default=None,
@@ -35,6 +38,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     parser.add_argument("--no-images", action="store_true", help="do not write every sample as PNG (results and grid only)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from .vbench.cli import add_arguments as add_vbench_arguments
+
+    add_vbench_arguments(parser)
 
 
 def model_sampling_defaults(model: str) -> dict[str, Any]:
@@ -57,6 +63,13 @@ def _sampler(model: str, device: str | None) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.benchmark == "vbench":
+        from .vbench.cli import run as run_vbench
+
+        return run_vbench(args)
+    if args.model is None:
+        print(f"diffalign eval: {args.benchmark} needs --model", file=sys.stderr)
+        return 2
     from diffalign.shapes.world import GrammarError
 
     from .benchmark import BenchmarkError
