@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -545,3 +544,22 @@ def test_generate_names_videos_and_resumes(tmp_path):
     assert sampler.calls == calls
     with pytest.raises(VBenchError, match="no videos"):
         generate_videos(FakeVideoSampler(frames=0), tmp_path / "images", ["color"], suite, videos_per_prompt=1, progress=False)
+
+
+def test_cli_generates_with_a_video_model_then_scores(tiny_model, models, tmp_path):
+    from diffalign.cli import main
+
+    out = tmp_path / "run"
+    argv = ["eval", "vbench", "--model", str(tiny_model("wan")), "--dimensions", "temporal_flickering,subject_consistency",
+            "--max-prompts", "1", "--videos-per-prompt", "2", "--steps", "2", "--height", "32", "--width", "32",
+            "--num-frames", "5", "--batch-size", "2", "--dino", str(models["dino"]), "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    names = sorted(p.name for p in (out / "videos").iterdir())
+    assert names == ["In a still frame, a stop sign-0.mp4", "In a still frame, a stop sign-1.mp4",
+                     "a person swimming in ocean-0.mp4", "a person swimming in ocean-1.mp4"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert {d: e["videos"] for d, e in summary["dimensions"].items()} == {"temporal_flickering": 2, "subject_consistency": 2}
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "videos").iterdir()}
+    assert main(argv + ["--resume"]) == 0  # nothing is sampled or scored again
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in (out / "videos").iterdir()}
+    assert len((out / "results.jsonl").read_text().splitlines()) == 4

@@ -23,7 +23,7 @@ from diffalign.media import MediaError, check_media, load_video, save_video, to_
 
 from .aggregate import DIMENSION_BOUNDS, aggregate
 from .dimensions import Dimension, DimensionUnavailable, ModelOptions, Video, build_dimensions
-from .suite import VIDEOS_PER_PROMPT, VBenchError, VBenchPrompt, load_suite, prompts_for
+from .suite import VIDEOS_PER_PROMPT, VBenchError, VBenchPrompt, first_prompts, load_suite, prompts_for
 
 logger = logging.getLogger(__name__)
 ALL_DIMENSIONS = tuple(DIMENSION_BOUNDS)
@@ -180,16 +180,18 @@ def generate_videos(
     fps: int = 8,
     sample_kwargs: Mapping[str, Any] | None = None,
     progress: bool = True,
+    max_prompts: int | None = None,
 ) -> Path:
     """Sample ``videos_per_prompt`` videos per prompt into ``out_dir/{prompt}-{index}.mp4``; files
     already there are kept (a killed run continues). Each video's seed is
-    ``seed·1000003 + prompt index·1009 + index``, the prompt index counted in the full suite."""
+    ``seed·1000003 + prompt index·1009 + index``, the prompt index counted in ``suite``, so a quick run
+    on the first ``max_prompts`` prompts of each dimension makes exactly the videos of the full run for those prompts."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     suite = suite if suite is not None else load_suite()
     position = {item.prompt: number for number, item in enumerate(suite)}
-    jobs = [(item, index) for item in prompts_for(suite, check_dimensions(dimensions)) for index in range(videos_per_prompt)
-            if not (out / item.video_name(index)).is_file()]
+    chosen = first_prompts(suite, check_dimensions(dimensions), max_prompts)
+    jobs = [(item, index) for item in chosen for index in range(videos_per_prompt) if not (out / item.video_name(index)).is_file()]
     from tqdm.auto import tqdm
 
     for start in tqdm(range(0, len(jobs), batch_size), desc="vbench sampling", unit="batch", disable=not progress):

@@ -66,3 +66,12 @@ def prompts_for(suite: list[VBenchPrompt], dimensions: list[str]) -> list[VBench
     """The prompts scored on at least one of ``dimensions``."""
     wanted = set(dimensions)
     return [item for item in suite if wanted & set(item.dimensions)]
+
+
+def first_prompts(suite: list[VBenchPrompt], dimensions: list[str], per_dimension: int | None) -> list[VBenchPrompt]:
+    """Quick runs: the first ``per_dimension`` prompts of each dimension's suite (all when None), in
+    suite order."""
+    if per_dimension is None:
+        return prompts_for(suite, dimensions)
+    keep = {id(item) for d in dimensions for item in prompts_for(suite, [d])[:per_dimension]}
+    return [item for item in suite if id(item) in keep]
