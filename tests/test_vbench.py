@@ -25,7 +25,7 @@ from diffalign.eval.vbench import (
 from diffalign.eval.vbench import dimensions as dims
 from diffalign.media import save_video
 from tests.tiny.scorers import aesthetic_head, hf_clip
-from tests.tiny.vbench import TINY_MUSIQ, dino_vit, musiq_weights, raft_weights
+from tests.tiny.vbench import TINY_MUSIQ, ColourBlobDetector, colour_of, dino_vit, musiq_weights, raft_weights
 
 HAS_PYIQA = importlib.util.find_spec("pyiqa") is not None
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -346,36 +346,6 @@ def test_missing_weights_fail_before_any_model_loads(tmp_path):
 
 
 # -- detector dimensions ------------------------------------------------------------------------
-class ColourBlobDetector:
-    """Finds saturated red ("car") and blue ("bicycle") pixels; adds a low-score "dog" everywhere."""
-
-    def __init__(self):
-        self.calls = 0
-
-    def __call__(self, images):
-        self.calls += 1
-        out = []
-        for image in images:
-            found = {"dog": [Detection((0, 0, 4, 4), 0.4)]}  # below GRiT's 0.5: never counted
-            for name, channel in (("car", 0), ("bicycle", 2)):
-                others = [c for c in range(3) if c != channel]
-                mask = (image[channel] > 0.8) & (image[others] < 0.2).all(0)
-                if mask.any():
-                    ys, xs = torch.nonzero(mask, as_tuple=True)
-                    found[name] = [Detection((float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)), 0.9)]
-            out.append(found)
-        return out
-
-
-def colour_of(image, detections, classname):
-    names = []
-    for d in detections:
-        x0, y0, x1, y1 = (int(v) for v in d.box)
-        mean = image[:, y0:y1, x0:x1].mean((1, 2))
-        names.append(["red", "green", "blue"][int(mean.argmax())])
-    return names
-
-
 def two_objects_video(frames=20, gap=30, vertical=False, blue_until=None) -> torch.Tensor:
     """A red square, and a blue square ``gap`` px to its right (or below) in the first ``blue_until`` frames."""
     video = torch.full((frames, 3, 96, 128), 120, dtype=torch.uint8)
