@@ -62,6 +62,11 @@ def _sampler(model: str, device: str | None) -> Any:
     return load(model, device=device)
 
 
+def load_sampler(args: argparse.Namespace) -> Any:
+    """The model every benchmark samples from (``--model``, ``--device``)."""
+    return _sampler(args.model, args.device)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.benchmark == "vbench":
         from .vbench.cli import run as run_vbench
@@ -77,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = args.out or Path("runs") / f"eval-{args.benchmark}-{re.sub(r'[^A-Za-z0-9._-]+', '_', args.model)}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
-        sampler = _sampler(args.model, args.device)
+        sampler = load_sampler(args)
     except (OSError, ValueError) as err:
         print(f"diffalign eval: cannot load model {args.model!r}: {err}", file=sys.stderr)
         return 2

@@ -60,16 +60,19 @@ def run(args: argparse.Namespace) -> int:
         full_suite = load_suite(args.vbench_prompts)
         suite = first_prompts(full_suite, dimensions, args.max_prompts)
         options = ModelOptions(device=args.device, imaging_mode=args.imaging_mode, aesthetic_head=args.aesthetic_head,
-                               raft_weights=args.raft_weights, musiq_weights=args.musiq_weights)
+                               raft_weights=args.raft_weights, musiq_weights=args.musiq_weights,
+                               # the GenEval options (--detector, --clip-model, --clip-pretrained) also pick VBench's stand-in
+                               detector_model=getattr(args, "detector", None), color_model=getattr(args, "clip_model", None),
+                               color_pretrained=getattr(args, "clip_pretrained", None))
         for field, value in (("dino", args.dino), ("clip_b32", args.clip_b32), ("clip_l14", args.clip_l14)):
             if value is not None:
                 setattr(options, field, value)
         videos = args.videos
         if videos is None:
-            from diffalign.pipelines import load
+            from ..cli import load_sampler
 
             try:
-                sampler = load(args.model, device=args.device)
+                sampler = load_sampler(args)
             except (OSError, ValueError) as err:
                 return _fail(f"cannot load model {args.model!r}: {err}")
             videos = generate_videos(

@@ -533,18 +533,31 @@ def vbench_cache_dir() -> Path:
     return Path(os.environ.get("VBENCH_CACHE_DIR", Path.home() / ".cache" / "vbench"))
 
 
-def load_default_detector(device=None) -> tuple[Detector, ColorClassifier]:
-    """The GenEval harness's detector and colour classifier (``diffalign.eval.geneval.detector``)."""
+def load_default_detector(
+    device=None, detector_model: str | None = None, color_model: str | None = None, color_pretrained: str | None = None
+) -> tuple[Detector, ColorClassifier]:
+    """The GenEval harness's Mask2Former detector (``diffalign.eval.geneval.detector``) and CLIP colour
+    classifier (``diffalign.eval.geneval.colors``), imported lazily; unimportable means unavailable."""
     import importlib
 
+    from diffalign.media import tensor_to_pil
+
     try:
-        module = importlib.import_module("diffalign.eval.geneval.detector")
+        detector_module = importlib.import_module("diffalign.eval.geneval.detector")
+        colors_module = importlib.import_module("diffalign.eval.geneval.colors")
     except ImportError as err:
         raise DimensionUnavailable(f"the GenEval detector (diffalign.eval.geneval.detector) cannot be imported: {err}") from err
-    for needed in ("load_detector", "load_color_classifier"):
+    for module, needed in ((detector_module, "Mask2FormerDetector"), (colors_module, "CLIPColorClassifier")):
         if not hasattr(module, needed):
-            raise DimensionUnavailable(f"diffalign.eval.geneval.detector has no {needed}()")
-    return module.load_detector(device=device), module.load_color_classifier(device=device)
+            raise DimensionUnavailable(f"{module.__name__} has no {needed}")
+    detector = detector_module.Mask2FormerDetector(**({"model": detector_model} if detector_model else {}), device=device)
+    clip = {k: v for k, v in (("model", color_model), ("pretrained", color_pretrained)) if v is not None}
+    classifier = colors_module.CLIPColorClassifier(**clip, device=device)
+
+    def classify_colors(image: torch.Tensor, detections: list[Detection], classname: str) -> list[str]:
+        return classifier.classify(tensor_to_pil(image)[0], detections, classname)
+
+    return detector, classify_colors
 
 
 @dataclass
@@ -560,8 +573,11 @@ class ModelOptions:
     musiq_weights: str | None = None  # default: VBench's cache, pyiqa_model/
     musiq_architecture: dict[str, Any] = field(default_factory=dict)
     imaging_mode: str = "longer"
-    detector: Detector | None = None
-    classify_colors: ColorClassifier | None = None
+    detector: Detector | None = None  # default: the GenEval detector
+    classify_colors: ColorClassifier | None = None  # default: the GenEval colour classifier
+    detector_model: str | None = None  # the GenEval detector's checkpoint (default: its own)
+    color_model: str | None = None  # the colour classifier's open_clip model (default: ViT-L-14)
+    color_pretrained: str | None = None  # and its weights (default: openai)
     device: str | None = None
     batch_size: int = 32
 
@@ -628,7 +644,7 @@ def _build(names: Sequence[str], options: ModelOptions, files: dict[str, Any]) -
                     detector_pair = (options.detector, options.classify_colors)
                 else:
                     try:
-                        detector_pair = load_default_detector(device)
+                        detector_pair = load_default_detector(device, options.detector_model, options.color_model, options.color_pretrained)
                     except DimensionUnavailable as err:
                         detector_pair = err
             if isinstance(detector_pair, DimensionUnavailable):
