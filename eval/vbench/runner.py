@@ -111,6 +111,7 @@ def evaluate_videos(
             results.flush()
     summary = summarize(list(done.values()), names, built, missing)
     summary.update(videos=str(videos_dir), unreadable=unreadable, seconds=round(time.time() - started, 2))
+    summary["partial"] = summary["partial"] or bool(unreadable)
     write_summary(summary, out)
     return summary
 
