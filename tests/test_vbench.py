@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -164,11 +165,65 @@ def test_subject_consistency_matches_vbench(models):
     ])
     images = dino_transform(video)
     assert images.shape[-2:] == (224, 373)
+    transformers_grid = model.embeddings.interpolate_pos_encoding(torch.zeros(1, 1 + 14 * 23, 32), 224, 373)
+    model.embeddings.interpolate_pos_encoding = lambda x, height, width: dino_reference_pos_embed(model.embeddings.position_embeddings, height, width)
+    assert not torch.allclose(transformers_grid, model.embeddings.interpolate_pos_encoding(None, 224, 373), atol=1e-6)
     with torch.no_grad():
         features = [model(pixel_values=image[None], interpolate_pos_encoding=True).last_hidden_state[:, 0] for image in images]
     total, pairs = vbench_pairs(features)
     assert result.count == pairs == 4
     assert result.total == pytest.approx(total, abs=1e-5)
+
+
+def dino_reference_pos_embed(pos_embed: torch.Tensor, w: int, h: int, patch_size: int = 16) -> torch.Tensor:
+    """facebookresearch/dino ``interpolate_pos_encoding`` (``w, h`` = dims 2, 3 of the input)."""
+    N = pos_embed.shape[1] - 1
+    dim = pos_embed.shape[-1]
+    w0, h0 = w // patch_size + 0.1, h // patch_size + 0.1
+    patch_pos_embed = F.interpolate(
+        pos_embed[:, 1:].reshape(1, int(math.sqrt(N)), int(math.sqrt(N)), dim).permute(0, 3, 1, 2),
+        scale_factor=(w0 / math.sqrt(N), h0 / math.sqrt(N)), mode="bicubic",
+    )
+    assert int(w0) == patch_pos_embed.shape[-2] and int(h0) == patch_pos_embed.shape[-1]
+    return torch.cat((pos_embed[:, :1], patch_pos_embed.permute(0, 2, 3, 1).view(1, -1, dim)), dim=1)
+
+
+def test_subject_consistency_loads_the_original_dino_checkpoint(tmp_path):
+    """A checkpoint in DINO's own layout (``blocks.i.attn.qkv`` fused, ``norm``; VBench's local
+    ``dino_vitbase16_pretrain.pth``) gives the features of DINO's ViT, written out here: pre-norm
+    blocks, fused qkv, exact GELU, layer-norm eps 1e-6, CLS token after the final norm."""
+    generator = torch.Generator().manual_seed(3)
+    dim, hidden, heads = 128, 64, 2
+
+    def rand(*shape, scale=0.05):
+        return torch.randn(*shape, generator=generator) * scale
+
+    dino = {"cls_token": rand(1, 1, dim), "pos_embed": rand(1, 197, dim), "patch_embed.proj.weight": rand(dim, 3, 16, 16),
+            "patch_embed.proj.bias": rand(dim), "norm.weight": 1 + rand(dim), "norm.bias": rand(dim),
+            "blocks.0.norm1.weight": 1 + rand(dim), "blocks.0.norm1.bias": rand(dim), "blocks.0.attn.qkv.weight": rand(3 * dim, dim),
+            "blocks.0.attn.qkv.bias": rand(3 * dim), "blocks.0.attn.proj.weight": rand(dim, dim), "blocks.0.attn.proj.bias": rand(dim),
+            "blocks.0.norm2.weight": 1 + rand(dim), "blocks.0.norm2.bias": rand(dim), "blocks.0.mlp.fc1.weight": rand(hidden, dim),
+            "blocks.0.mlp.fc1.bias": rand(hidden), "blocks.0.mlp.fc2.weight": rand(dim, hidden), "blocks.0.mlp.fc2.bias": rand(dim),
+            "head.weight": rand(3, dim)}  # a full checkpoint's projection head is not part of the backbone
+    torch.save(dino, tmp_path / "dino_vitbase16_pretrain.pth")
+    video = random_video(frames=2, seed=9)
+    features = dims.SubjectConsistency(tmp_path / "dino_vitbase16_pretrain.pth").features(video)
+
+    d = dino
+    x = dims.dino_pixels(video)
+    tokens = F.conv2d(x, d["patch_embed.proj.weight"], d["patch_embed.proj.bias"], stride=16).flatten(2).transpose(1, 2)
+    tokens = torch.cat([d["cls_token"].expand(len(x), -1, -1), tokens], 1) + dino_reference_pos_embed(d["pos_embed"], *x.shape[-2:])
+    h = F.layer_norm(tokens, (dim,), d["blocks.0.norm1.weight"], d["blocks.0.norm1.bias"], eps=1e-6)
+    q, k, v = F.linear(h, d["blocks.0.attn.qkv.weight"], d["blocks.0.attn.qkv.bias"]).reshape(len(x), -1, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+    attention = ((q @ k.transpose(-2, -1)) * (dim // heads) ** -0.5).softmax(-1) @ v
+    tokens = tokens + F.linear(attention.transpose(1, 2).reshape(len(x), -1, dim), d["blocks.0.attn.proj.weight"], d["blocks.0.attn.proj.bias"])
+    h = F.layer_norm(tokens, (dim,), d["blocks.0.norm2.weight"], d["blocks.0.norm2.bias"], eps=1e-6)
+    tokens = tokens + F.linear(F.gelu(F.linear(h, d["blocks.0.mlp.fc1.weight"], d["blocks.0.mlp.fc1.bias"])), d["blocks.0.mlp.fc2.weight"], d["blocks.0.mlp.fc2.bias"])
+    expected = F.layer_norm(tokens, (dim,), d["norm.weight"], d["norm.bias"], eps=1e-6)[:, 0]
+    assert torch.allclose(features, expected, atol=1e-5)
+    torch.save({"pos_embed": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(VBenchError, match="not a DINO"):
+        dims.SubjectConsistency(tmp_path / "bad.pth")
 
 
 def test_background_consistency_and_appearance_style_match_vbench(models):

@@ -28,7 +28,9 @@ Formulas (``f_i``: L2-normalised features of frame ``i``):
 """
 from __future__ import annotations
 
+import math
 import os
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -191,10 +193,82 @@ def box_position_score(relation: str, box1: Sequence[float], box2: Sequence[floa
 
 
 # -- dimensions with models -------------------------------------------------------------------
+def dino_interpolate_pos_encoding(embeddings_module, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """DINO's own ``interpolate_pos_encoding``: bicubic with ``scale_factor = (side/16 + 0.1) / √N``
+    (the 0.1 guards against float error), which maps source coordinates slightly differently from
+    transformers' ``size=`` interpolation; bound onto a ``ViTModel`` so features match VBench's."""
+    position = embeddings_module.position_embeddings
+    patches, positions = embeddings.shape[1] - 1, position.shape[1] - 1
+    if patches == positions and height == width:
+        return position
+    side = math.sqrt(positions)
+    dim = embeddings.shape[-1]
+    grid = position[:, 1:].reshape(1, int(side), int(side), dim).permute(0, 3, 1, 2)
+    rows, cols = height // embeddings_module.patch_size + 0.1, width // embeddings_module.patch_size + 0.1
+    grid = F.interpolate(grid, scale_factor=(rows / side, cols / side), mode="bicubic")
+    return torch.cat((position[:, :1], grid.permute(0, 2, 3, 1).reshape(1, -1, dim)), dim=1)
+
+
+def load_dino_checkpoint(path: Path):
+    """A ``ViTModel`` from DINO's own checkpoint file: keys renamed to the Hugging Face ViT layout,
+    written to a temporary folder and loaded with ``from_pretrained`` (which maps that layout onto the
+    installed transformers' module names). DINO's heads are 64 wide and its layer-norm eps is 1e-6."""
+    import tempfile
+
+    from safetensors.torch import save_file
+    from transformers import ViTConfig, ViTModel
+
+    from diffalign.scorers.base import load_state_dict_file
+
+    state = dino_state_dict_to_vit(load_state_dict_file(path))
+    hidden = state["embeddings.cls_token"].shape[-1]
+    config = ViTConfig(
+        hidden_size=hidden, num_hidden_layers=len({k.split(".")[2] for k in state if k.startswith("encoder.layer.")}),
+        num_attention_heads=max(1, hidden // 64), intermediate_size=state["encoder.layer.0.intermediate.dense.weight"].shape[0],
+        image_size=224, patch_size=state["embeddings.patch_embeddings.projection.weight"].shape[-1], layer_norm_eps=1e-6, qkv_bias=True,
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        config.save_pretrained(folder)
+        save_file({k: v.contiguous() for k, v in state.items()}, str(Path(folder) / "model.safetensors"))
+        model, info = ViTModel.from_pretrained(folder, add_pooling_layer=False, output_loading_info=True)
+    if info["missing_keys"] or info["unexpected_keys"]:  # never score with silently random weights
+        raise KeyError(f"missing {sorted(info['missing_keys'])[:3]}, unexpected {sorted(info['unexpected_keys'])[:3]}")
+    return model
+
+
+def dino_state_dict_to_vit(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Original DINO / timm key names (``dino_vitbase16_pretrain.pth``, VBench's local file) ->
+    the Hugging Face ViT checkpoint layout; the fused ``qkv`` projection is split into query, key, value."""
+    renames = {
+        "cls_token": "embeddings.cls_token", "pos_embed": "embeddings.position_embeddings",
+        "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
+        "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
+        "norm.weight": "layernorm.weight", "norm.bias": "layernorm.bias",
+    }
+    block = {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn.proj": "attention.output.dense",
+             "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key in renames:
+            out[renames[key]] = value
+        elif key.startswith("blocks."):
+            _, index, rest = key.split(".", 2)
+            prefix = f"encoder.layer.{index}."
+            name, kind = rest.rsplit(".", 1)
+            if name == "attn.qkv":
+                for part, chunk in zip(("query", "key", "value"), value.chunk(3, dim=0)):
+                    out[f"{prefix}attention.attention.{part}.{kind}"] = chunk
+            elif name in block:
+                out[f"{prefix}{block[name]}.{kind}"] = value
+        # the projection head of a full DINO checkpoint is not part of the backbone
+    return out
+
+
 class SubjectConsistency:
-    """DINO ViT-B/16 through transformers ``ViTModel`` (``facebook/dino-vitb16``, the HF port of the
-    ``dino_vitb16`` checkpoint VBench loads from torch.hub); feature = final-layernorm CLS token, the
-    positional grid interpolated because frames are not cropped."""
+    """DINO ViT-B/16 through transformers ``ViTModel``: ``facebook/dino-vitb16`` (the HF port of the
+    ``dino_vitb16`` checkpoint VBench loads from torch.hub), a ViT folder, or DINO's own
+    ``dino_vitbase16_pretrain.pth``. Feature = final-layernorm CLS token; frames are not cropped, so the
+    position grid is interpolated, with DINO's interpolation."""
 
     name = "subject_consistency"
 
@@ -202,9 +276,16 @@ class SubjectConsistency:
         from transformers import ViTModel
 
         try:
-            self.model = ViTModel.from_pretrained(str(model), add_pooling_layer=False)
+            if Path(str(model)).is_file():
+                self.model = load_dino_checkpoint(Path(model))
+            else:
+                self.model = ViTModel.from_pretrained(str(model), add_pooling_layer=False)
         except OSError as err:
             raise VBenchError(f"subject_consistency: cannot load DINO ViT-B/16 from {model!r} ({err}); pass a local folder") from err
+        except (RuntimeError, KeyError) as err:
+            raise VBenchError(f"subject_consistency: {model} is not a DINO ViT-B/16 checkpoint ({str(err).splitlines()[0]})") from err
+        embeddings = self.model.embeddings
+        embeddings.interpolate_pos_encoding = types.MethodType(dino_interpolate_pos_encoding, embeddings)
         self.model.eval().requires_grad_(False).to(device)
         self.batch_size = batch_size
 
