@@ -546,8 +546,12 @@ def test_cli_scores_a_folder_and_reports_errors(tmp_path, capsys):
     assert main(["eval", "vbench", "--videos", str(tmp_path / "none"), "--out", str(tmp_path / "r2")]) == 2
     assert main(["eval", "vbench", "--videos", str(videos), "--dimensions", "flicker", "--out", str(tmp_path / "r3")]) == 2
     assert main(["eval", "vbench", "--out", str(tmp_path / "r4")]) == 2
+    assert main(["eval", "vbench", "--videos", str(videos), "--max-prompts", "0", "--out", str(tmp_path / "r5")]) == 2
+    assert main(["eval", "vbench", "--videos", str(videos), "--dimensions", "aesthetic_quality", "--aesthetic-head", str(tmp_path / "no.pth"),
+                 "--vbench-prompts", str(suite_file), "--out", str(tmp_path / "r6")]) == 2
     err = capsys.readouterr().err
     assert "diffalign eval: unknown VBench dimension(s) flicker" in err and "exactly one of --videos" in err
+    assert "--max-prompts must be positive" in err and "aesthetic_quality: weights file" in err
 
 
 class FakeVideoSampler:
