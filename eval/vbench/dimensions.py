@@ -488,7 +488,7 @@ class ImagingQuality:
 
 
 # -- detector dimensions (GRiT stand-in) ---------------------------------------------------------
-class ColorClassifier(Protocol):
+class ImageColorClassifier(Protocol):
     """``classify(image 3×H×W in [0, 1], detections, classname) -> one colour name per detection``."""
 
     def __call__(self, image: torch.Tensor, detections: list[Detection], classname: str) -> list[str]: ...
@@ -571,7 +571,7 @@ class Color(DetectorDimension):
 
     name = "color"
 
-    def __init__(self, detector: Detector, classify_colors: ColorClassifier):
+    def __init__(self, detector: Detector, classify_colors: ImageColorClassifier):
         super().__init__(detector)
         self.classify_colors = classify_colors
 
@@ -616,7 +616,7 @@ def vbench_cache_dir() -> Path:
 
 def load_default_detector(
     device=None, detector_model: str | None = None, color_model: str | None = None, color_pretrained: str | None = None
-) -> tuple[Detector, ColorClassifier]:
+) -> tuple[Detector, ImageColorClassifier]:
     """The GenEval harness's Mask2Former detector (``diffalign.eval.geneval.detector``) and CLIP colour
     classifier (``diffalign.eval.geneval.colors``), imported lazily; unimportable means unavailable."""
     import importlib
@@ -655,7 +655,7 @@ class ModelOptions:
     musiq_architecture: dict[str, Any] = field(default_factory=dict)
     imaging_mode: str = "longer"
     detector: Detector | None = None  # default: the GenEval detector
-    classify_colors: ColorClassifier | None = None  # default: the GenEval colour classifier
+    classify_colors: ImageColorClassifier | None = None  # default: the GenEval colour classifier
     detector_model: str | None = None  # the GenEval detector's checkpoint (default: its own)
     color_model: str | None = None  # the colour classifier's open_clip model (default: ViT-L-14)
     color_pretrained: str | None = None  # and its weights (default: openai)
