@@ -114,6 +114,17 @@ def load_video(path: str | Path, max_frames: int | None = None, every: int = 1) 
     return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255.0
 
 
+def video_fps(path: str | Path) -> float | None:
+    """Frames per second recorded in a video file's metadata (None when the container has none)."""
+    import imageio.v3 as iio
+
+    try:
+        fps = iio.immeta(Path(path)).get("fps")
+    except Exception as err:
+        raise MediaError(f"{path}: cannot read video metadata ({type(err).__name__}: {err})") from err
+    return float(fps) if fps else None
+
+
 def even_frames(video: torch.Tensor, count: int | None) -> torch.Tensor:
     """At most ``count`` evenly spaced frames of a ``T×3×H×W`` video (first and last kept)."""
     frames = video.shape[0]

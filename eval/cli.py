@@ -20,6 +20,7 @@ from typing import Any
 BENCHMARKS = {
     "shapes": "ShapesEval: GenEval's six tasks on ShapesWorld, judged exactly",
     "geneval": "GenEval: 553 prompts, Mask2Former + CLIP colour rules (--model or --images DIR)",
+    "vbench": "VBench: the official video prompts and dimensions (--videos DIR or --model M)",
 }
 ORACLE = "oracle"
 FALLBACK_STEPS, FALLBACK_GUIDANCE = 20, 4.5
@@ -52,6 +53,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
     add_geneval_arguments(parser)
 
+    from .vbench.cli import add_arguments as add_vbench_arguments
+
+    add_vbench_arguments(parser)
+
 
 def model_sampling_defaults(model: str) -> dict[str, Any]:
     """The sampling defaults a ShapesWorld model folder ships (``diffalign_defaults.json``), else {}."""
@@ -75,11 +80,20 @@ def load_sampler(args: argparse.Namespace) -> Any:
     return load_from_args(args)
 
 
+def load_sampler(args: argparse.Namespace) -> Any:
+    """The model every benchmark samples from (``--model``, ``--device``)."""
+    return _sampler(args.model, args.device)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.benchmark == "geneval":
         from .geneval.cli import run as run_geneval
 
         return run_geneval(args)
+    if args.benchmark == "vbench":
+        from .vbench.cli import run as run_vbench
+
+        return run_vbench(args)
     from diffalign.shapes.world import GrammarError
     from diffalign.trained import TrainedModelError, resolve_from_args
 

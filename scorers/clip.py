@@ -55,6 +55,11 @@ class CLIPBackbone(nn.Module):
         return normalize(pixels.float(), self.mean, self.std).to(dtype)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encode_pixels(self.preprocess(images))
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Already preprocessed, normalised pixels -> unit image embeddings (benchmarks that need
+        their own pixel pipeline, such as VBench's, call this)."""
         raise NotImplementedError
 
     def encode_texts(self, prompts: list[str]) -> torch.Tensor:
@@ -106,8 +111,8 @@ class TransformersCLIP(CLIPBackbone):
         self.mean = tuple(processor.image_mean) if processor.do_normalize else (0.0, 0.0, 0.0)
         self.std = tuple(processor.image_std) if processor.do_normalize else (1.0, 1.0, 1.0)
 
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        features = _pooled(self.model.get_image_features(pixel_values=self.preprocess(images)))
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        features = _pooled(self.model.get_image_features(pixel_values=pixels))
         return nn.functional.normalize(features.float(), dim=-1)
 
     def encode_texts(self, prompts: list[str]) -> torch.Tensor:
@@ -154,8 +159,8 @@ class OpenCLIP(CLIPBackbone):
             raise ValueError(f"unsupported resize mode {cfg.get('resize_mode')!r}; pass resize_mode='crop' or 'letterbox'")
         self.resize_mode = mode
 
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        return nn.functional.normalize(self.model.encode_image(self.preprocess(images)).float(), dim=-1)
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.model.encode_image(pixels).float(), dim=-1)
 
     def encode_texts(self, prompts: list[str]) -> torch.Tensor:
         device = next(self.model.parameters()).device
