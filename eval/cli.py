@@ -80,11 +80,6 @@ def load_sampler(args: argparse.Namespace) -> Any:
     return load_from_args(args)
 
 
-def load_sampler(args: argparse.Namespace) -> Any:
-    """The model every benchmark samples from (``--model``, ``--device``)."""
-    return _sampler(args.model, args.device)
-
-
 def run(args: argparse.Namespace) -> int:
     if args.benchmark == "geneval":
         from .geneval.cli import run as run_geneval

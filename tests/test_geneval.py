@@ -388,4 +388,4 @@ def test_cli_user_errors_exit_2_before_loading_models(tmp_path, capsys):
     assert main(["eval", "geneval", "--model", "oracle", "--no-images"]) == 2
     assert "--no-images" in capsys.readouterr().err
     assert main(["eval", "shapes", "--no-progress"]) == 2
-    assert "needs --model" in capsys.readouterr().err
+    assert "give --model" in capsys.readouterr().err
