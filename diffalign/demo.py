@@ -170,9 +170,9 @@ def build_shapes_preference_data(adapter, folder: Path, algorithm: str, prompts:
     captions = prompt_source("shapes").draw(prompts, derive_seed(seed, "demo-preference-data"))
     summary = build_preferences(adapter, captions, scorers.load("shapes", mode="fraction"), folder,
                                 images_per_prompt=PREFERENCE_IMAGES, steps=PREFERENCE_STEPS, guidance_scale=1.0,
-                                seed=seed, progress=progress)
+                                seed=seed, progress=progress, pairing="every")
     kind = PREFERENCE_DATA[algorithm]
-    what = (f"{summary['pairs']} best-vs-worst pairs" if kind == "pairs"
+    what = (f"{summary['pairs']} pairs (every two samples of a caption with different scores)" if kind == "pairs"
             else f"{summary['labels']} images labelled by the judge ({summary['desirable']} desirable)")
     return folder / kind, f"{what} of {prompts} prompts x {PREFERENCE_IMAGES} samples, judged by the ShapesWorld judge"
 

@@ -71,7 +71,7 @@ class ShapesRise:
                     prompts = prompt_source("shapes").draw(PREFERENCE_PROMPTS, derive_seed(0, "preference-data"))
                     build_preferences(load("shapes-sd"), prompts, scorers.load("shapes", mode="fraction"), folder,
                                       images_per_prompt=PREFERENCE_IMAGES, steps=PREFERENCE_STEPS, guidance_scale=1.0,
-                                      seed=0, batch_size=16)
+                                      seed=0, batch_size=16, pairing="every")
             self._data = folder
         return self._data
 

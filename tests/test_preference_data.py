@@ -429,3 +429,22 @@ def test_prefs_experts_renders_exact_shapesworld_experts(tmp_path, capsys):
     assert "prompt 1 'a cat on a sofa' is not a ShapesWorld caption" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()  # checked before anything is written
     assert torch.equal(load_image(out / "images" / "000000.png"), images[0])
+
+
+def test_every_pairing_pairs_each_two_samples_of_a_caption_with_different_scores(tmp_path):
+    from diffalign.preferences.build import _write_build_manifests
+
+    scores = {0: [0.2, 0.9, 0.9, 0.5], 1: [0.4, 0.4, 0.4, 0.4], 2: [0.1, 0.3, 0.3, 0.3]}
+    prompts = ["a red circle", "a blue square", "a red circle"]  # caption 0 drawn twice: its 8 samples pool
+    rows = [{"file": f"images/{i:06d}_{j}.png", "prompt": prompts[i], "modality": "image", "score": s, "error": None}
+            for i, values in scores.items() for j, s in enumerate(values)]
+    summary = _write_build_manifests(tmp_path, rows, prompts, None, "every")
+    pairs = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    pooled = scores[0] + scores[2]
+    expected = sum(1 for a in range(8) for b in range(a + 1, 8) if pooled[a] != pooled[b])
+    assert summary["pairs"] == len(pairs) == expected and summary["pairing"] == "every"
+    assert all(p["prompt"] == "a red circle" and p["preferred_score"] > p["rejected_score"] for p in pairs)
+    assert all(0.5 < p["soft_label"] <= 1 for p in pairs)
+    (tmp_path / "bw").mkdir()
+    best_worst = _write_build_manifests(tmp_path / "bw", rows, prompts, None)
+    assert best_worst["pairs"] == 2  # prompts 0 and 2; prompt 1 is a tie

@@ -9,7 +9,8 @@ modality, score, error``), flushed after every batch; re-running into the same f
   ``p = softmax(s'_w, s'_l)_w = σ(s'_w - s'_l)`` in [0.5, σ(1)].
 * **build**: ``images_per_prompt`` samples per prompt (initial noise seeded by ``(seed, prompt index)``, so a
   resumed build reproduces the uninterrupted one); pairs are the best vs the worst sample of a prompt (equal
-  scores: no pair); labels mark a sample desirable when its score is above its prompt's median (or above
+  scores: no pair), or with ``pairing="every"`` every two samples of the same caption whose scores differ
+  (up to ``n(n-1)/2`` pairs from ``n`` samples, captions drawn more than once pooled); labels mark a sample desirable when its score is above its prompt's median (or above
   ``threshold``); winners are each prompt's best sample.
 * **relabel**: both images of every pair are scored; the winner is the higher score (equal scores: dropped).
 * **topk**: the ``k`` best-scored unique (image, prompt) items of a dataset, as an experts manifest.
@@ -42,6 +43,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["build_preferences", "open_dataset", "relabel_preferences", "shapes_experts", "soft_label", "topk_preferences"]
 
 SCORES_FILE = "scores.jsonl"
+#: how ``build`` pairs the samples of a prompt
+PAIRINGS = ("best_worst", "every")
 SCORE_COLUMN = "score"
 
 
@@ -119,6 +122,8 @@ def build_preferences(
         raise ValueError(f"images_per_prompt must be >= 2 to compare samples, got {images_per_prompt}")
     if threshold is not None and not math.isfinite(threshold):
         raise ValueError(f"threshold must be a finite number, got {threshold}")
+    if pairing not in PAIRINGS:
+        raise ValueError(f"pairing must be one of {', '.join(PAIRINGS)}, got {pairing!r}")
     defaults = sampling_defaults(adapter)
     steps = int(steps or defaults.get("num_inference_steps", 20))
     guidance = float(guidance_scale if guidance_scale is not None else defaults.get("guidance_scale", 1.0))
@@ -162,14 +167,33 @@ def build_preferences(
         store.append(rows)  # a prompt cut short by a crash is sampled again identically; the last row of a file wins
         bar.update(len(chunk))
     bar.close()
-    return _write_build_manifests(out, store.rows, prompts, threshold)
+    return _write_build_manifests(out, store.rows, prompts, threshold, pairing)
 
 
 def _prompt_index(file: str) -> int:
     return int(Path(file).stem.split("_")[0])
 
 
-def _write_build_manifests(out: Path, rows: list[dict], prompts: list[str], threshold: float | None) -> dict[str, Any]:
+def _pair(prompt: str, win: dict, lose: dict, low: float, high: float) -> dict[str, Any]:
+    return {"prompt": prompt, "preferred": win["file"], "rejected": lose["file"],
+            "soft_label": soft_label(win[SCORE_COLUMN], lose[SCORE_COLUMN], low, high),
+            "preferred_score": win[SCORE_COLUMN], "rejected_score": lose[SCORE_COLUMN]}
+
+
+def _every_pair(groups: dict[str, list[dict]], low: float, high: float) -> list[dict[str, Any]]:
+    """Every two samples of the same caption whose scores differ, the better one preferred."""
+    pairs = []
+    for prompt, group in groups.items():
+        for i, a in enumerate(group):
+            for b in group[i + 1 :]:
+                if a[SCORE_COLUMN] != b[SCORE_COLUMN]:
+                    win, lose = (a, b) if a[SCORE_COLUMN] > b[SCORE_COLUMN] else (b, a)
+                    pairs.append(_pair(prompt, win, lose, low, high))
+    return pairs
+
+
+def _write_build_manifests(out: Path, rows: list[dict], prompts: list[str], threshold: float | None,
+                           pairing: str = "best_worst") -> dict[str, Any]:
     by_prompt: dict[int, dict[str, dict]] = {}
     for row in rows:  # the last row of a file wins
         by_prompt.setdefault(_prompt_index(row["file"]), {})[row["file"]] = row
@@ -178,6 +202,7 @@ def _write_build_manifests(out: Path, rows: list[dict], prompts: list[str], thre
     values = [float(r[SCORE_COLUMN]) for r in scored]
     low, high = (min(values), max(values)) if values else (0.0, 0.0)
     pairs, labels, winners, ties = [], [], [], 0
+    by_caption: dict[str, list[dict]] = {}
     for index in sorted(by_prompt):
         group = sorted((r for r in by_prompt[index].values() if r[SCORE_COLUMN] is not None), key=lambda r: r["file"])
         if not group:
@@ -186,18 +211,20 @@ def _write_build_manifests(out: Path, rows: list[dict], prompts: list[str], thre
         best = max(group, key=lambda r: r[SCORE_COLUMN])
         worst = min(group, key=lambda r: r[SCORE_COLUMN])
         winners.append({"prompt": prompt, "media": best["file"], "score": best[SCORE_COLUMN]})
+        by_caption.setdefault(prompt, []).extend(group)
         if best[SCORE_COLUMN] > worst[SCORE_COLUMN]:
-            pairs.append({"prompt": prompt, "preferred": best["file"], "rejected": worst["file"],
-                          "soft_label": soft_label(best[SCORE_COLUMN], worst[SCORE_COLUMN], low, high),
-                          "preferred_score": best[SCORE_COLUMN], "rejected_score": worst[SCORE_COLUMN]})
+            pairs.append(_pair(prompt, best, worst, low, high))
         else:
             ties += 1
         cut = threshold if threshold is not None else statistics.median(r[SCORE_COLUMN] for r in group)
         labels += [{"prompt": prompt, "media": r["file"], "desirable": r[SCORE_COLUMN] > cut, "score": r[SCORE_COLUMN]} for r in group]
+    if pairing == "every":
+        pairs = _every_pair(by_caption, low, high)
     for name, manifest in (("pairs", pairs), ("labels", labels), ("winners", winners)):
         _write_jsonl(out / f"{name}.jsonl", manifest)
     summary = {
-        "prompts": len(by_prompt), "images": len(scored) + failed, "failed": failed, "pairs": len(pairs), "ties": ties,
+        "prompts": len(by_prompt), "images": len(scored) + failed, "failed": failed, "pairs": len(pairs), "pairing": pairing,
+        "ties": ties,
         "desirable": sum(r["desirable"] for r in labels), "labels": len(labels), "winners": len(winners),
         "score": {"min": low if values else None, "max": high if values else None,
                   "mean": statistics.fmean(values) if values else None},

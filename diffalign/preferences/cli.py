@@ -50,6 +50,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's diffalign_defaults.json)")
     build.add_argument("--guidance-scale", type=float, default=None, help="CFG scale (default: the model's)")
     build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--pairs", dest="pairing", choices=("best_worst", "every"), default="best_worst",
+                       help="pairs: best vs worst sample of each prompt (default), or every two samples of a caption "
+                            "whose scores differ")
     build.add_argument("--threshold", type=float, default=None,
                        help="labels: desirable when the score is above this (default: above the prompt's median)")
     build.add_argument("--resume", action="store_true", help="continue a build in --out (prompts already written are kept)")
@@ -157,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
             summary = build_preferences(
                 adapter, prompts, scorer, args.out, images_per_prompt=args.images_per_prompt, steps=args.steps,
                 guidance_scale=args.guidance_scale, seed=args.seed, batch_size=args.batch_size or 8,
-                threshold=args.threshold, resume=args.resume, progress=progress,
+                threshold=args.threshold, pairing=args.pairing, resume=args.resume, progress=progress,
                 settings={"model": args.model, "prompts": args.prompts},
             )
             print(f"{summary['prompts']} prompts, {summary['images']} images ({summary['failed']} failed): "
