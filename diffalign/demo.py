@@ -115,9 +115,13 @@ def run_demo(
     run_overrides = [f"run.epochs={epochs}", f"run.seed={seed}", f"model.source={model}", "eval.at_start=false",
                      f"eval.every={max(1, epochs // 3)}", f"run.progress={str(progress).lower()}", f"run.checkpoint_every={epochs}"]
     preference_data = None
-    if algorithm in PREFERENCE_DATA:
-        manifest, preference_data = build_shapes_preference_data(adapter, out / "data", algorithm, preference_prompts, seed,
-                                                           progress, log)
+    if algorithm in PREFERENCE_DATA:  # labelled by the run's reward (the judge unless overridden)
+        from diffalign.config import load_config
+        from diffalign.training.trainer import recipe_path
+
+        reward = load_config(recipe_path(f"{algorithm}_shapes"), [*run_overrides, *overrides]).reward
+        manifest, preference_data = build_shapes_preference_data(
+            adapter, out / "data", algorithm, preference_prompts, seed, progress, log, reward.spec, reward.options)
         run_overrides.append(f"data.source={manifest}")
     trainer = Trainer(f"{algorithm}_shapes", overrides=[*run_overrides, *overrides], adapter=adapter, run_dir=out / "train")
     e = trainer.config.eval
@@ -160,21 +164,26 @@ def run_demo(
     return DemoResult(out=out, summary=summary, paths={k: v for k, v in paths.items() if v is not None})
 
 
-def build_shapes_preference_data(adapter, folder: Path, algorithm: str, prompts: int, seed: int, progress: bool, log) -> tuple[Path, str]:
-    """ShapesWorld's own Pick-a-Pic: samples of the model scored by the judge (``diffalign prefs build``)."""
+def build_shapes_preference_data(adapter, folder: Path, algorithm: str, prompts: int, seed: int, progress: bool, log,
+                                 scorer: str = "shapes", scorer_options: dict[str, Any] | None = None) -> tuple[Path, str]:
+    """ShapesWorld's own Pick-a-Pic: the model's samples of ShapesWorld captions scored by ``scorer`` (the judge
+    by default), as ``diffalign prefs build --pairs every`` writes them. Returns the algorithm's manifest and a
+    description."""
     from diffalign import scorers
     from diffalign.preferences.build import build_preferences
     from diffalign.training.prompts import derive_seed, prompt_source
 
-    log(f"      building preference data: {prompts} prompts x {PREFERENCE_IMAGES} samples, judged by the ShapesWorld judge")
+    options = {"mode": "fraction"} if scorer == "shapes" and scorer_options is None else dict(scorer_options or {})
+    judge = describe_reward(scorer, options)
+    log(f"      building preference data: {prompts} prompts x {PREFERENCE_IMAGES} samples, scored by {judge}")
     captions = prompt_source("shapes").draw(prompts, derive_seed(seed, "demo-preference-data"))
-    summary = build_preferences(adapter, captions, scorers.load("shapes", mode="fraction"), folder,
+    summary = build_preferences(adapter, captions, scorers.load(scorer, **options), folder,
                                 images_per_prompt=PREFERENCE_IMAGES, steps=PREFERENCE_STEPS, guidance_scale=1.0,
                                 seed=seed, progress=progress, pairing="every")
     kind = PREFERENCE_DATA[algorithm]
     what = (f"{summary['pairs']} pairs (every two samples of a caption with different scores)" if kind == "pairs"
-            else f"{summary['labels']} images labelled by the judge ({summary['desirable']} desirable)")
-    return folder / kind, f"{what} of {prompts} prompts x {PREFERENCE_IMAGES} samples, judged by the ShapesWorld judge"
+            else f"{summary['labels']} labelled images ({summary['desirable']} desirable)")
+    return folder / kind, f"{what} of {prompts} prompts x {PREFERENCE_IMAGES} samples, scored by {judge}"
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

@@ -11,7 +11,8 @@ TINY_DEMO = ["sampling.batch_size=4", "sampling.batches_per_epoch=1", "sampling.
              "run.progress=false", "awm.train_timesteps=1"]
 
 
-def test_demo_writes_before_after_and_changes_the_model(tmp_path, tiny_shapes_models):
+def test_demo_writes_before_after_from_the_base_model(tmp_path, tiny_shapes_models):
+    """The files and tables, and "before" is the untrained model (that "after" differs is the next tests')."""
     from diffalign.demo import run_demo
     from diffalign.eval.shapes_eval import run_shapes_eval
     from diffalign.pipelines import load
@@ -29,7 +30,6 @@ def test_demo_writes_before_after_and_changes_the_model(tmp_path, tiny_shapes_mo
                            guidance_scale=summary["eval_guidance_scale"], seed=0, max_prompts_per_task=1,
                            progress=False, save_images=False)
     assert base["tasks"] == summary["before"]["tasks"]
-    # "after" used the trained LoRA: the sampled images differ from the base model's
     before_rows = (result.out / "before" / "results.jsonl").read_text().splitlines()
     assert len(before_rows) == 6
     lora = result.out / "train" / "final"
@@ -70,3 +70,26 @@ def test_demo_after_differs_from_before(tmp_path, tiny_shapes_models):
     before = load_image(result.out / "before" / "grid.png")
     after = load_image(result.out / "after" / "grid.png")
     assert before.shape == after.shape and not torch.equal(before, after)
+
+
+@pytest.mark.parametrize("algorithm", ["dpo", "kto", "smpo"])
+def test_preference_demo_builds_data_trains_and_changes_the_model(tmp_path, tiny_shapes_models, algorithm):
+    """``demo --algorithm dpo|kto|smpo``: preference data from the model's own samples (scored by the run's reward;
+    the judge gives an untrained tiny model 0 everywhere, so a reward that varies stands in), then training."""
+    from diffalign.demo import run_demo
+    from diffalign.media import load_image
+
+    tiny = ["eval.steps=2", "prompts.num_eval=4", "eval.batch_size=4", "run.log_with=", "run.progress=false",
+            "data.examples_per_epoch=4", "train.batch_size=4", "train.updates_per_epoch=1", "train.learning_rate=0.05",
+            "reward.spec=jpeg_incompressibility", "reward.options={}", "smpo.inversion_steps=2"]
+    result = run_demo(tmp_path / "demo", algorithm=algorithm, model=str(tiny_shapes_models / "shapes-sd"), epochs=1,
+                      prompts_per_task=1, images_per_prompt=1, overrides=tiny, progress=False, log=lambda *a: None,
+                      preference_prompts=3)
+    summary = json.loads((result.out / "summary.json").read_text())
+    assert "jpeg_incompressibility" in summary["preference_data"] and summary["reward"].startswith("jpeg")
+    manifest = result.out / "data" / ("labels.jsonl" if algorithm == "kto" else "pairs.jsonl")
+    assert manifest.read_text().strip()  # the data the run trained on
+    assert "preference data:" in result.paths["summary"].read_text()
+    before = load_image(result.out / "before" / "grid.png")
+    after = load_image(result.out / "after" / "grid.png")
+    assert not torch.equal(before, after)

@@ -268,3 +268,17 @@ def test_dpo_lora_loads_in_stock_diffusers(tiny_model, tmp_path):
     base = load(str(tiny_model("sd15"))).sample([prompt], steps=3, generator=torch.Generator().manual_seed(3)).media
     torch.testing.assert_close(ours, stock, atol=2e-5, rtol=0)
     assert not torch.equal(ours, base)
+
+
+#: the ShapesWorld preference recipes: recipe -> (manifest of the shared preference data, epochs)
+PREFERENCE_RISE = {"dpo_shapes": ("pairs.jsonl", 20), "kto_shapes": ("labels.jsonl", 20), "smpo_shapes": ("pairs.jsonl", 20)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", list(PREFERENCE_RISE))
+def test_preference_recipe_raises_held_out_judge_score(tmp_path, recipe, shapes_rise):
+    """ShapesWorld: training on the model's own samples labelled by the judge (``prefs build``) raises the judge's
+    score on 256 held-out prompts (the paired two-seed test of ``tests/shapes_rise.py``)."""
+    manifest, epochs = PREFERENCE_RISE[recipe]
+    data = shapes_rise.preference_data() / manifest
+    shapes_rise.assert_rises(recipe, [f"data.source={data}", f"run.epochs={epochs}"], tmp_path)

@@ -101,6 +101,7 @@ def build_preferences(
     seed: int = 0,
     batch_size: int = 8,
     threshold: float | None = None,
+    pairing: str = "best_worst",
     resume: bool = False,
     progress: bool = False,
     size: dict[str, int] | None = None,
