@@ -18,6 +18,18 @@ def _map_tensors(value: Any, fn) -> Any:
     return value
 
 
+def cat_field(values: list[Any]) -> Any:
+    """Concatenate one field of several batches along the batch dim (dicts recursively; ``None`` stays ``None``,
+    0-d tensors and other values are taken from the first)."""
+    if values[0] is None:
+        return None
+    if isinstance(values[0], torch.Tensor):
+        return torch.cat(values) if values[0].ndim > 0 else values[0]
+    if isinstance(values[0], dict):
+        return {k: cat_field([v[k] for v in values]) for k in values[0]}
+    return values[0]
+
+
 @dataclass
 class Rollout:
     """One batch of samples with their whole trajectories.
@@ -121,15 +133,6 @@ class Rollout:
         for other in rollouts[1:]:
             if other.sampler != first.sampler or not torch.equal(other.timesteps.cpu(), first.timesteps.cpu()):
                 raise ValueError("cannot concatenate rollouts sampled with different settings or timesteps")
-
-        def cat_field(values):
-            if values[0] is None:
-                return None
-            if isinstance(values[0], torch.Tensor):
-                return torch.cat(values) if values[0].ndim > 0 else values[0]
-            if isinstance(values[0], dict):
-                return {k: cat_field([v[k] for v in values]) for k in values[0]}
-            return values[0]
 
         return Rollout(
             prompts=[p for r in rollouts for p in r.prompts],

@@ -213,14 +213,20 @@ def summary_markdown(summary: Mapping[str, Any], title: str) -> str:
     return "\n".join(lines)
 
 
-def _read_rows(path: Path) -> list[dict[str, Any]]:
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """The rows of a results JSONL written row by row (every benchmark's resume reads it). A line cut short by a
+    killed write is skipped (and logged) and closed with a newline, so rows appended on resume start a line."""
     rows = []
-    for line in path.read_text().splitlines():
+    text = path.read_bytes()
+    for line in text.decode("utf-8", errors="replace").splitlines():
         if line.strip():
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
                 logger.warning("%s: skipping a truncated line (an interrupted write)", path)
+    if text and not text.endswith(b"\n"):
+        with path.open("ab") as handle:
+            handle.write(b"\n")
     return rows
 
 
@@ -247,7 +253,7 @@ def run_benchmark(
     if results_path.exists():
         if not resume:
             raise BenchmarkError(f"{results_path} exists: pass resume=True (--resume) to continue that run, or choose another folder")
-        done = {r["filename"]: r for r in _read_rows(results_path)}
+        done = {r["filename"]: r for r in read_results(results_path)}
     jobs = [
         (item, n)
         for item in items

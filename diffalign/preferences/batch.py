@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from diffalign.rollout import _map_tensors
+from diffalign.rollout import _map_tensors, cat_field
 
 #: the four kinds of example
 #: * ``pairs``: (prompt, preferred, rejected, soft label = P(preferred is better) in [0.5, 1], 1 when hard)
@@ -104,15 +104,6 @@ class PreferenceBatch:
         first = batches[0]
         if any(b.kind != first.kind for b in batches):
             raise ValueError("cannot concatenate preference batches of different kinds")
-
-        def cat_field(values):
-            if values[0] is None:
-                return None
-            if isinstance(values[0], torch.Tensor):
-                return torch.cat(values) if values[0].ndim > 0 else values[0]
-            if isinstance(values[0], dict):
-                return {k: cat_field([v[k] for v in values]) for k in values[0]}
-            return values[0]
 
         return PreferenceBatch(
             kind=first.kind,

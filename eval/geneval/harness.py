@@ -32,7 +32,9 @@ import torch
 from PIL import Image, ImageOps
 
 from diffalign.assets_path import asset_path
-from diffalign.eval.benchmark import Benchmark, BenchmarkError, PromptItem, SamplingProtocol, load_prompt_suite, summarize
+from diffalign.eval.benchmark import (
+    Benchmark, BenchmarkError, PromptItem, SamplingProtocol, load_prompt_suite, read_results, summarize,
+)
 from diffalign.eval.detection import Detector
 from diffalign.media import MediaError, check_media, pil_to_tensor, save_image
 
@@ -194,17 +196,6 @@ def summary_markdown(summary: Mapping[str, Any], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _read_rows(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                logger.warning("%s: skipping a truncated line (an interrupted write)", path)
-    return rows
-
-
 def _open_image(path: Path) -> Image.Image:
     try:
         with Image.open(path) as im:
@@ -241,11 +232,7 @@ def score_images(
     if results_path.exists():
         if not resume:
             raise BenchmarkError(f"{results_path} exists: pass --resume to continue that run, or choose another --out")
-        done = {r["filename"]: r for r in _read_rows(results_path) if "filename" in r}
-        text = results_path.read_bytes()
-        if text and not text.endswith(b"\n"):  # a killed write: start the next row on its own line
-            with results_path.open("a") as results_file:
-                results_file.write("\n")
+        done = {r["filename"]: r for r in read_results(results_path) if "filename" in r}
     images_dir = Path(images_dir)
     jobs = [(f, p) for f in folders for p in f.images if p.relative_to(images_dir).as_posix() not in done]
     models: dict[str, Any] = {}

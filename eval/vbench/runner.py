@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from diffalign.eval.benchmark import read_results
 from diffalign.media import MediaError, check_media, load_video, save_video, to_uint8, video_fps
 
 from .aggregate import DIMENSION_BOUNDS, aggregate
@@ -27,17 +28,6 @@ from .suite import VIDEOS_PER_PROMPT, VBenchError, VBenchPrompt, first_prompts, 
 
 logger = logging.getLogger(__name__)
 ALL_DIMENSIONS = tuple(DIMENSION_BOUNDS)
-
-
-def _read_rows(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                logger.warning("%s: skipping a truncated line (an interrupted write)", path)
-    return rows
 
 
 def read_video(path: Path) -> Video:
@@ -76,7 +66,7 @@ def evaluate_videos(
     built = dict(built) if built is not None else build_dimensions(names, options)
     runnable = {n: d for n, d in built.items() if n in names and not isinstance(d, DimensionUnavailable)}
     out.mkdir(parents=True, exist_ok=True)
-    done = {(r["video"], r["dimension"]): r for r in _read_rows(results_path)} if results_path.exists() else {}
+    done = {(r["video"], r["dimension"]): r for r in read_results(results_path)} if results_path.exists() else {}
     missing: dict[str, int] = {n: 0 for n in names}
     unreadable: list[str] = []
     jobs = [(item, index) for item in prompts_for(suite, names) for index in range(videos_per_prompt)]
