@@ -281,3 +281,20 @@ def test_model_card_names_the_recipe_metrics_and_loads_with_its_own_code(lora_ru
     assert torch.equal(images, _sample(load_trained_model(run=lora_run)))
     full_card = (full_run / "final" / "README.md").read_text()
     assert "full fine-tune" in full_card and "denoiser.safetensors" in full_card and "shipped recipe `ddpo_shapes`" in full_card
+
+
+def test_prefs_build_samples_the_trained_model(lora_run, base_model, tmp_path, capsys):
+    """``prefs build --run``: the preference data are the trained model's samples, not the base model's."""
+    def build(out, *weights):
+        assert main(["prefs", "build", *weights, "--prompts", "shapes", "--num-prompts", "2", "--images-per-prompt", "2",
+                     "--steps", str(STEPS), "--guidance-scale", str(GUIDANCE), "--scorer", "jpeg_incompressibility",
+                     "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+        return torch.stack([load_image(p) for p in sorted((out / "images").glob("*.png"))])
+
+    trained = build(tmp_path / "trained", "--run", str(lora_run))
+    by_lora = build(tmp_path / "lora", "--model", base_model, "--lora", str(lora_run / "final"))
+    base = build(tmp_path / "base", "--model", base_model)
+    assert torch.equal(trained, by_lora) and not torch.equal(trained, base)
+    assert main(["prefs", "build", "--model", base_model, "--lora", str(tmp_path / "missing"), "--prompts", "shapes",
+                 "--num-prompts", "2", "--scorer", "jpeg_incompressibility", "--out", str(tmp_path / "bad"), "--device", "cpu"]) == 2
+    assert "missing" in capsys.readouterr().err

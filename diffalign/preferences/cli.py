@@ -42,7 +42,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.epilog = __doc__.split("\n\n", 1)[1]
     sub = parser.add_subparsers(dest="prefs_command", metavar="COMMAND")
     build = sub.add_parser("build", help="sample N images per prompt, score them, write pairs / labels / winners")
-    build.add_argument("--model", default="shapes-sd", help="hub id, local folder or shipped model name (default: shapes-sd)")
+    from diffalign.trained import add_trained_model_arguments
+
+    add_trained_model_arguments(build, default_model="shapes-sd")  # --model, --lora, --lora-scale, --run, --checkpoint
     build.add_argument("--prompts", required=True, metavar="FILE|NAME",
                        help="a .txt/.jsonl prompt file, or a named source (shapes: ShapesWorld captions, animals)")
     build.add_argument("--num-prompts", type=int, default=None, help="prompts to use (default: every prompt of the file)")
@@ -76,11 +78,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(_prefs_help=parser.print_help)
 
 
-def load_model(model: str, device: str | None = None) -> "PipelineAdapter":
-    """The adapter ``prefs build`` samples from (a hub id, local folder or shipped model name)."""
-    from diffalign.pipelines import load
+def load_model(args: argparse.Namespace, device: str | None = None) -> "PipelineAdapter":
+    """The adapter ``prefs build`` samples from: ``--model`` with ``--lora`` / ``--run`` weights on it."""
+    from diffalign.trained import load_from_args
 
-    return load(model, device=device)
+    args.device = device
+    return load_from_args(args)
 
 
 def _prompts(args: argparse.Namespace) -> list[str]:
@@ -156,12 +159,13 @@ def run(args: argparse.Namespace) -> int:
         elif command == "build":
             prompts = _prompts(args)  # before anything heavy loads
             scorer = load_scorer(args.scorer).to(device)
-            adapter = load_model(args.model, device=device)
+            adapter = load_model(args, device=device)
             summary = build_preferences(
                 adapter, prompts, scorer, args.out, images_per_prompt=args.images_per_prompt, steps=args.steps,
                 guidance_scale=args.guidance_scale, seed=args.seed, batch_size=args.batch_size or 8,
                 threshold=args.threshold, pairing=args.pairing, resume=args.resume, progress=progress,
-                settings={"model": args.model, "prompts": args.prompts},
+                settings={"model": args.model, "lora": args.lora, "lora_scale": args.lora_scale, "run": args.run,
+                          "checkpoint": args.checkpoint, "prompts": args.prompts},
             )
             print(f"{summary['prompts']} prompts, {summary['images']} images ({summary['failed']} failed): "
                   f"{summary['pairs']} pairs ({summary['ties']} ties dropped), {summary['desirable']} of "
