@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
+from diffalign.errors import UserError
+
 __all__ = [
     "Config",
     "ConfigError",
@@ -37,7 +39,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A bad recipe or override; the message names the offending key."""
 
 

@@ -32,12 +32,13 @@ from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 import torch
 
+from diffalign.errors import UserError
 from diffalign.media import MediaError, check_media, load_image, save_grid, save_image
 
 logger = logging.getLogger(__name__)
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(UserError):
     """Bad benchmark input (prompt file, sampler output, options); the message names the problem."""
 
 

@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Iterator, Sequence
 import torch
 
 from diffalign.registry import Registry
+from diffalign.errors import UserError
 from diffalign.rollout import Rollout
 
 from .samplers import StepOutput
@@ -40,7 +41,7 @@ Generator = torch.Generator | list[torch.Generator] | None
 Conditioning = dict[str, Any]
 
 
-class AdapterError(ValueError):
+class AdapterError(UserError):
     """Bad input to an adapter; the message names the argument and the problem."""
 
 
