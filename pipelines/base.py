@@ -29,8 +29,8 @@ from typing import Any, ClassVar, Iterator, Sequence
 
 import torch
 
-from diffalign.registry import Registry
 from diffalign.errors import UserError
+from diffalign.registry import Registry
 from diffalign.rollout import Rollout
 
 from .samplers import StepOutput
