@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-from diffalign.eval.detection import Detection
 
 from diffalign.errors import UserError
+from diffalign.eval.detection import Detection
 
 #: the relations of GenEval's position prompts
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
