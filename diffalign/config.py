@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import tomllib
 import types
 import typing
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
-from diffalign.errors import UserError
+from diffalign.errors import MAX_STEPS, UserError
 
 __all__ = [
     "Config",
@@ -181,6 +182,7 @@ class SamplingConfig:
 
     def validate(self) -> None:
         _positive(self, "sampling", ("steps", "batch_size", "batches_per_epoch", "group_size"))
+        _at_most(self, "sampling", {"steps": MAX_STEPS})
         _non_negative(self, "sampling", ("sde_window",))
         for key in ("height", "width", "num_frames"):
             if getattr(self, key) is not None and getattr(self, key) <= 0:
@@ -268,6 +270,7 @@ class EvalConfig:
 
     def validate(self) -> None:
         _positive(self, "eval", ("steps", "batch_size"))
+        _at_most(self, "eval", {"steps": MAX_STEPS})
         _non_negative(self, "eval", ("every", "grid_images"))
 
 
@@ -276,6 +279,13 @@ def _positive(section: Any, name: str, keys: Sequence[str]) -> None:
         value = getattr(section, key)
         if value <= 0:
             raise ConfigError(f"{name}.{key} must be positive, got {value}")
+
+
+def _at_most(section: Any, name: str, limits: Mapping[str, int]) -> None:
+    for key, limit in limits.items():
+        value = getattr(section, key)
+        if value > limit:
+            raise ConfigError(f"{name}.{key} must be <= {limit}, got {value}")
 
 
 def _non_negative(section: Any, name: str, keys: Sequence[str]) -> None:
@@ -428,6 +438,7 @@ def _build_section(name: str, values: Mapping[str, Any], from_text: Mapping[str,
     for key, value in values.items():
         if key not in fields:
             raise ConfigError(f"unknown key {name}.{key}; allowed keys in [{name}]: {', '.join(fields)}")
+        _check_finite(f"{name}.{key}", value)
         try:
             kwargs[key] = _coerce(value, fields[key], from_text.get(key, False))
         except _Mismatch:
@@ -438,6 +449,20 @@ def _build_section(name: str, values: Mapping[str, Any], from_text: Mapping[str,
     if hasattr(section, "validate"):
         section.validate()
     return section
+
+
+#: integers beyond this come from a typo (``1e99``), not from a setting
+MAX_INT = 2**63 - 1
+
+
+def _check_finite(key: str, value: Any) -> None:
+    """Refuse NaN and infinity in every float and absurd integers (``--set sampling.steps=1e99``)."""
+    values = value if isinstance(value, list) else [value]
+    for item in values:
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ConfigError(f"{key} = {value!r} must be a finite number")
+        if isinstance(item, (int, float)) and not isinstance(item, bool) and abs(item) > MAX_INT:
+            raise ConfigError(f"{key} = {value!r} is out of range (at most {MAX_INT})")
 
 
 # --------------------------------------------------------------------------------------- overrides

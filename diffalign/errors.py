@@ -17,7 +17,7 @@ import math
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 __all__ = [
     "MAX_STEPS",
@@ -127,9 +127,10 @@ def known_name(name: str, known: Iterable[str], what: str, *, hint: str = "") ->
     return name
 
 
-def scorer_spec(spec: str, *, what: str = "scorer") -> list[tuple[str, float]]:
-    """Parse a scorer spec (``"pickscore:0.7,aesthetic:0.3"``) and check every name is registered
-    and every weight finite; the ``(name, weight)`` pairs."""
+def scorer_spec(spec: str, options: Mapping[str, Any] | None = None, *, what: str = "scorer") -> list[tuple[str, float]]:
+    """Parse a scorer spec (``"pickscore:0.7,aesthetic:0.3"``), check every name is registered, every
+    weight finite and every part's weights are there (:func:`scorer_weights`); the ``(name, weight)`` pairs.
+    ``options`` are :func:`diffalign.scorers.load`'s (shared ones, and a dict per part name)."""
     from diffalign.scorers import SCORERS, parse_spec
 
     try:
@@ -138,10 +139,35 @@ def scorer_spec(spec: str, *, what: str = "scorer") -> list[tuple[str, float]]:
         raise
     except ValueError as err:
         raise UserError(f"{what} {spec!r}: {err}") from None
+    options = dict(options or {})
+    shared = {k: v for k, v in options.items() if not isinstance(v, Mapping)}
     for name, weight in parts:
         known_name(name, SCORERS.names(), what, hint="see diffalign score --list")
         number(weight, f"weight of {name!r} in {what} {spec!r}")
+        own = {**shared, **(options.get(name) if isinstance(options.get(name), Mapping) else {})}
+        scorer_factory_weights(name, SCORERS.get(name), own)
     return parts
+
+
+#: scorer constructor arguments that name weights (a hub id, a folder or a file)
+WEIGHT_OPTIONS = ("model", "processor", "clip_model", "head", "checkpoint")
+
+
+def scorer_factory_weights(name: str, factory: Any, options: Mapping[str, Any]) -> None:
+    """Check the weights a scorer factory will load (its weight arguments, given or default)."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return
+    for option in WEIGHT_OPTIONS:
+        if option not in parameters:
+            continue
+        default = parameters[option].default
+        value = options.get(option, None if default is inspect.Parameter.empty else default)
+        if isinstance(value, (str, Path)) and str(value):
+            scorer_weights(name, value, option=option)
 
 
 # ------------------------------------------------------------------------------------------ files

@@ -68,8 +68,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     experts.add_argument("--num-prompts", type=int, default=None, help="captions to render (default: every prompt of the file)")
     experts.add_argument("--seed", type=int, default=0)
     experts.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
-    for sub_parser in (build, relabel, topk, experts):
-        sub_parser.set_defaults(_prefs_parser=sub_parser)
+    for command, sub_parser in (("build", build), ("relabel", relabel), ("topk", topk), ("experts", experts)):
+        sub_parser.set_defaults(_prefs_parser=sub_parser, _command_name=f"prefs {command}")
     parser.set_defaults(_prefs_help=parser.print_help)
 
 
