@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 import torch
 
-from diffalign.errors import UserError
+from diffalign.errors import MAX_STEPS, UserError
 from diffalign.media import MediaError, check_media, load_image, save_grid, save_image
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,12 @@ class SamplingProtocol:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise BenchmarkError(f"{name} must be a positive integer, got {value!r}")
+        if self.steps > MAX_STEPS:
+            raise BenchmarkError(f"steps must be <= {MAX_STEPS}, got {self.steps!r}")
+        if isinstance(self.guidance_scale, bool) or not isinstance(self.guidance_scale, (int, float)) or not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
+            raise BenchmarkError(f"guidance_scale must be a finite number >= 0, got {self.guidance_scale!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise BenchmarkError(f"seed must be an integer >= 0, got {self.seed!r}")
 
     def image_seed(self, prompt_index: int, sample_index: int) -> int:
         return self.seed * 1_000_003 + prompt_index * 1_009 + sample_index
@@ -240,9 +247,11 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Sample, judge and report ``benchmark`` for ``sampler`` into ``out_dir``; returns the summary dict."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     protocol = benchmark.protocol
-    items = benchmark.subset(max_prompts_per_task)
+    items = benchmark.subset(max_prompts_per_task)  # a bad subset fails before the folder is made
+    if out.exists() and not out.is_dir():
+        raise BenchmarkError(f"output folder {out} is a file; choose another folder")
+    out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.jsonl"
     done: dict[str, dict[str, Any]] = {}
     if results_path.exists():

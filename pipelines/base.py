@@ -23,6 +23,7 @@ import contextlib
 import copy
 import inspect
 import logging
+import math
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Sequence
@@ -324,6 +325,8 @@ class PipelineAdapter(ABC):
         """
         prompts = self._check_prompts(prompts)
         steps = self._check_steps(steps)
+        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
+            raise AdapterError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
         if log_prob_reduce not in ("mean", "sum"):
             raise AdapterError(f"log_prob_reduce must be 'mean' or 'sum', got {log_prob_reduce!r}")
         if stochastic and (eta if self.prediction_type != "flow" else noise_level) <= 0:

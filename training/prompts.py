@@ -13,7 +13,6 @@ and rewards are gathered before advantages are computed.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from pathlib import Path
 from typing import Any, Callable, Sequence

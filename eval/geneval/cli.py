@@ -74,6 +74,13 @@ def run(args: argparse.Namespace) -> int:
         return fail("geneval needs exactly one of --model (generate and score) or --images DIR (score a folder)")
     if args.no_images:
         return fail("geneval scores the PNG files it writes; --no-images does not apply")
+    from diffalign.eval.cli import check_arguments
+
+    check_arguments(args)
+    if args.images is not None:
+        from diffalign.errors import existing_path
+
+        existing_path(args.images, "--images folder", kind="dir")
     try:
         options, colour_options = parse_options(args.option)
         if args.scoring_batch_size < 1:
