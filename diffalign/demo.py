@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,27 +117,32 @@ def run_demo(
     from diffalign.pipelines import load
     from diffalign.training.trainer import Trainer
 
-    if algorithm not in DEMO_SETTINGS:
-        raise ValueError(f"unknown demo algorithm {algorithm!r}; choose one of {sorted(DEMO_SETTINGS)}")
+    from diffalign.config import load_config
+    from diffalign.errors import OutputExistsError, known_name, model_source, number
+    from diffalign.training.trainer import recipe_path
+
+    known_name(algorithm, DEMO_SETTINGS, "demo algorithm")
     default_model, default_epochs = DEMO_SETTINGS[algorithm]
     model = model or default_model
     epochs = default_epochs if epochs is None else epochs
-    if epochs < 1 or prompts_per_task < 1 or images_per_prompt < 1:
-        raise ValueError("epochs, prompts_per_task and images_per_prompt must be positive")
+    number(epochs, "epochs", low=1, integer=True)
+    number(prompts_per_task, "prompts_per_task", low=1, integer=True)
+    number(images_per_prompt, "images_per_prompt", low=1, integer=True)
+    number(seed, "seed", low=0, integer=True)
     out = Path(out)
     if (out / "summary.json").exists() or (out / "train" / "metrics.jsonl").exists():
-        raise FileExistsError(f"{out} already holds a demo run; choose another --out")
+        raise OutputExistsError(f"{out} already holds a demo run; choose another --out")
+    model_source(model)
+    recipe = recipe_path(f"{algorithm}_shapes")
+    train_overrides = [f"run.epochs={epochs}", f"run.seed={seed}", f"model.source={model}", "eval.at_start=false",
+                       f"eval.every={max(1, epochs // 3)}", f"run.progress={str(progress).lower()}",
+                       f"run.checkpoint_every={epochs}", *overrides]
+    load_config(recipe, train_overrides)  # a bad --set fails before the model loads
     out.mkdir(parents=True, exist_ok=True)
 
     log(f"[1/4] loading {model}")
     adapter = load(model)
-    trainer = Trainer(
-        f"{algorithm}_shapes",
-        overrides=[f"run.epochs={epochs}", f"run.seed={seed}", f"model.source={model}", "eval.at_start=false",
-                   f"eval.every={max(1, epochs // 3)}", f"run.progress={str(progress).lower()}", f"run.checkpoint_every={epochs}", *overrides],
-        adapter=adapter,
-        run_dir=out / "train",
-    )
+    trainer = Trainer(recipe, overrides=train_overrides, adapter=adapter, run_dir=out / "train")
     e = trainer.config.eval
     eval_kwargs = dict(
         images_per_prompt=images_per_prompt, steps=e.steps, guidance_scale=e.guidance_scale, seed=seed,
@@ -192,17 +196,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffalign.config import ConfigError
-
     out = args.out or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     started = time.time()
-    try:
-        result = run_demo(out, algorithm=args.algorithm, model=args.model, epochs=args.epochs,
-                          prompts_per_task=args.prompts_per_task, images_per_prompt=args.images_per_prompt,
-                          seed=args.seed, overrides=args.overrides, progress=not args.no_progress)
-    except (ConfigError, FileExistsError, OSError, ValueError) as err:
-        print(f"diffalign demo: {err}", file=sys.stderr)
-        return 2
+    result = run_demo(out, algorithm=args.algorithm, model=args.model, epochs=args.epochs,
+                      prompts_per_task=args.prompts_per_task, images_per_prompt=args.images_per_prompt,
+                      seed=args.seed, overrides=args.overrides, progress=not args.no_progress)
     print()
     print(result.paths["summary"].read_text())
     print(f"done in {time.time() - started:.0f} s; results in {result.out}:")

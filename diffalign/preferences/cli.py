@@ -136,8 +136,9 @@ def run(args: argparse.Namespace) -> int:
     name = f"diffalign prefs {command}"
     problems = _check(args)
     if problems:
-        print(f"{name}: " + "; ".join(problems), file=sys.stderr)
-        return 2
+        from diffalign.errors import UserError
+
+        raise UserError("; ".join(problems))
     from diffalign.media import MediaError
     from diffalign.scorers import load as load_scorer
 
