@@ -390,12 +390,12 @@ def score_files(
         number(video_frames, "video_frames", low=1, integer=True)
     if out is not None and Path(out).suffix.lower() not in OUTPUT_SUFFIXES:
         raise UserError(f"output {out}: expected a {', '.join(OUTPUT_SUFFIXES)} file")
+    table = _prompt_table(prompts)
     for spec in [scorers] if isinstance(scorers, str) else scorers if isinstance(scorers, (list, tuple)) else []:
         if isinstance(spec, str):
             for part in spec.split(",") if ":" not in spec else [spec]:
                 if part.strip():
                     scorer_spec(part.strip(), (scorer_options or {}).get(part.strip()))
-    table = _prompt_table(prompts)
     out_files = [] if out is None else [Path(out), Path(out).with_name(Path(out).name + ".summary.json"),
                                         Path(out).with_name(Path(out).name + ".partial.jsonl")]
     found = collect_files(paths, exclude=out_files)
