@@ -69,6 +69,7 @@ CASES = [
     (["train", "bad.toml"], "bad.toml: not valid TOML"),
     ([*TRAIN, "--resume", "run"], "--resume run: no complete checkpoint"),
     (["train", "--resume", "missing_run"], "missing_run does not exist"),
+    ([*TRAIN, "--resume"], "--resume: the run folder run holds no complete checkpoint"),
     # sample
     ([*SAMPLE, "--steps", "0"], "--steps must be an integer >= 1 and <= 10000, got 0"),
     ([*SAMPLE, "--steps", "100000"], "--steps must be an integer >= 1 and <= 10000, got 100000"),
@@ -86,6 +87,7 @@ CASES = [
     ([*SCORE, "--scorer", "pickscore"], "pickscore weights 'yuvalkirstain/PickScore_v1' are not cached"),
     ([*SCORE, "--scorer", "jpeg_compressibility", "--batch-size", "0"], "batch_size must be an integer >= 1, got 0"),
     (["score", "red.png", "--scorer", "jpeg_compressibility", "--out", "x.xlsx"], "x.xlsx"),
+    ([*SCORE, "--scorer", "jpeg_compressibility", "--set", "oops"], "--set 'oops': expected COLUMN.KEY=VALUE"),
     (["score", "missing.png", "--scorer", "jpeg_compressibility", "--out", "scores.csv"], "missing.png"),
     # eval
     ([*EVAL, "--steps", "0"], "--steps must be an integer >= 1 and <= 10000, got 0"),
@@ -103,6 +105,8 @@ CASES = [
     ([*BUILD[:-4], "--scorer", "nosuch", "--out", "prefs"], "unknown scorer nosuch"),
     ([*BUILD, "--images-per-prompt", "1"], "--images-per-prompt must be >= 2"),
     ([*BUILD, "--guidance-scale", "nan"], "--guidance-scale must be a finite number, got nan"),
+    (["prefs", "experts", "--num-prompts", "0", "--out", "experts"], "--num-prompts must be >= 1, got 0"),
+    (["prefs", "relabel", "missing_data.jsonl", "--scorer", "shapes", "--out", "relabelled"], "missing_data.jsonl"),
     (["prefs", "topk", "missing_data", "--scorer", "shapes", "--k", "0", "--out", "top"], "--k must be >= 1, got 0"),
 ]
 
@@ -184,6 +188,16 @@ def test_eval_and_sampler_api_refuse_out_of_range_numbers(work):
         with pytest.raises(UserError, match=text):
             run_shapes_eval(GroundTruthSampler(), work / "evalrun", progress=False, **kwargs)
     assert not (work / "evalrun").exists()
+
+
+def test_prefs_api_raises_the_cli_message(work, capsys):
+    from diffalign.preferences.build import build_preferences
+
+    message = _cli_message([*BUILD, "--images-per-prompt", "1"], capsys)
+    with pytest.raises(UserError) as raised:
+        build_preferences(None, ["a red circle"], None, work / "prefs", images_per_prompt=1)
+    assert message == "-" * 2 + str(raised.value).replace("_", "-", 2)  # the option's name, the same text
+    assert not (work / "prefs").exists()
 
 
 def test_checks_refuse_instead_of_clamping():

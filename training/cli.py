@@ -40,6 +40,14 @@ def run(args: argparse.Namespace) -> int:
             recipe = str(saved)
     if recipe is None:
         raise UserError("give a recipe (a .toml file or a shipped name; --list shows them)")
+    if args.resume == "":  # resume the run folder itself: it must hold a checkpoint before the model loads
+        from diffalign.config import load_config
+
+        config = load_config(recipe_path(recipe), list(args.overrides))
+        folder = Path(run_dir) if run_dir is not None else Path(config.run.output_dir) / config.run.name
+        if find_latest_checkpoint(folder) is None:
+            raise UserError(f"--resume: the run folder {folder} holds no complete checkpoint; "
+                            f"name the run to resume with --resume DIR or start without --resume")
     trainer = Trainer(recipe_path(recipe), overrides=args.overrides, run_dir=run_dir)
     try:
         if args.resume is not None:
