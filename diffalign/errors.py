@@ -232,9 +232,7 @@ def hub_cached(repo_id: str, repo_type: str = "model") -> bool:
 
     try:
         snapshot_download(repo_id, repo_type=repo_type, local_files_only=True)
-    except HFValidationError:
-        return False
-    except Exception:  # LocalEntryNotFoundError and friends: not (fully) cached
+    except (HFValidationError, OSError, ValueError):  # LocalEntryNotFoundError: no snapshot in the cache
         return False
     return True
 
@@ -273,8 +271,8 @@ def model_source(source: str | Path, *, option: str = "--model") -> str:
         )
     if hub_offline() and not hub_cached(text):
         raise UserError(
-            f"{option} {text}: model {text!r} is not in the local Hugging Face cache and the hub is offline "
-            f"(HF_HUB_OFFLINE); download it (huggingface-cli download {text}) or pass a local folder"
+            f"{option}: model {text!r} is not in the local Hugging Face cache and the hub is offline "
+            f"(HF_HUB_OFFLINE); download it (huggingface-cli download {text}) or pass a local folder as {option}"
         )
     return text
 
@@ -285,13 +283,14 @@ def scorer_weights(scorer: str, source: str | Path, *, option: str = "model") ->
     text = str(source)
     if Path(text).expanduser().exists():
         return text
-    if _looks_local(text):
+    if text.startswith((".", "/", "~")) or "\\" in text:
         raise MissingPathError(f"{scorer} weights {text} do not exist; pass an existing file or folder with {option}=")
-    if "/" not in text or not _valid_repo_id(text):
+    repo = "/".join(text.split("/")[:2])  # "org/repo" or "org/repo/path/in/repo"
+    if "/" not in text or not _valid_repo_id(repo):
         return text  # a library's own model name (open_clip architectures, ...)
-    if hub_offline() and not hub_cached(text):
+    if hub_offline() and not hub_cached(repo):
         raise UserError(
-            f"{scorer} weights {text!r} are not cached and the hub is offline (HF_HUB_OFFLINE); "
-            f"download them (huggingface-cli download {text}) or pass a local folder with {option}="
+            f"{scorer} weights {repo!r} are not cached and the hub is offline (HF_HUB_OFFLINE); "
+            f"download them (huggingface-cli download {repo}) or pass a local folder with {option}="
         )
     return text
