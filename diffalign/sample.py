@@ -53,7 +53,6 @@ def check_arguments(args: argparse.Namespace) -> None:
         number(args.steps, "--steps", low=1, high=MAX_STEPS, integer=True)
     if args.guidance_scale is not None:
         number(args.guidance_scale, "--guidance-scale", low=0)
-    number(args.seed, "--seed", low=0, integer=True)
     if any(not p.strip() for p in args.prompt):
         raise UserError("--prompt '': a prompt must not be empty")
     out = Path(args.out)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 import torch
 
-from diffalign.errors import MAX_STEPS, UserError
+from diffalign.errors import MAX_STEPS, UserError, number
 from diffalign.media import MediaError, check_media, load_image, save_grid, save_image
 
 logger = logging.getLogger(__name__)
@@ -85,16 +84,15 @@ class SamplingProtocol:
     sample_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("images_per_prompt", "steps", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise BenchmarkError(f"{name} must be a positive integer, got {value!r}")
-        if self.steps > MAX_STEPS:
-            raise BenchmarkError(f"steps must be <= {MAX_STEPS}, got {self.steps!r}")
-        if isinstance(self.guidance_scale, bool) or not isinstance(self.guidance_scale, (int, float)) or not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
-            raise BenchmarkError(f"guidance_scale must be a finite number >= 0, got {self.guidance_scale!r}")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise BenchmarkError(f"seed must be an integer >= 0, got {self.seed!r}")
+        # the messages of diffalign eval's --images-per-prompt, --steps, ... checks, without the dashes
+        try:
+            number(self.images_per_prompt, "images_per_prompt", low=1, integer=True)
+            number(self.steps, "steps", low=1, high=MAX_STEPS, integer=True)
+            number(self.guidance_scale, "guidance_scale", low=0)
+            number(self.batch_size, "batch_size", low=1, integer=True)
+            number(self.seed, "seed", integer=True)
+        except UserError as err:
+            raise BenchmarkError(str(err)) from None
 
     def image_seed(self, prompt_index: int, sample_index: int) -> int:
         return self.seed * 1_000_003 + prompt_index * 1_009 + sample_index
@@ -121,8 +119,10 @@ class Benchmark:
         """The first ``max_prompts_per_task`` prompts of each task (all when None)."""
         if max_prompts_per_task is None:
             return list(self.prompts)
-        if max_prompts_per_task <= 0:
-            raise BenchmarkError(f"max_prompts_per_task must be positive, got {max_prompts_per_task}")
+        try:
+            number(max_prompts_per_task, "max_prompts_per_task", low=1, integer=True)
+        except UserError as err:
+            raise BenchmarkError(str(err)) from None
         taken: dict[str, int] = {}
         out = []
         for item in self.prompts:

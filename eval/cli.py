@@ -73,7 +73,6 @@ def check_arguments(args: argparse.Namespace) -> None:
 
     number(args.images_per_prompt, "--images-per-prompt", low=1, integer=True)
     number(args.batch_size, "--batch-size", low=1, integer=True)
-    number(args.seed, "--seed", low=0, integer=True)
     if args.steps is not None:
         number(args.steps, "--steps", low=1, high=MAX_STEPS, integer=True)
     if args.guidance_scale is not None:

@@ -182,13 +182,20 @@ def test_demo_sample_and_load_raise_the_cli_message(work, capsys):
     assert not (work / "demo2").exists()
 
 
-def test_eval_and_sampler_api_refuse_out_of_range_numbers(work):
+@pytest.mark.parametrize("flag, value, keyword", [("--steps", "0", "steps"), ("--steps", "1000000", "steps"),
+                                                  ("--guidance-scale", "nan", "guidance_scale"),
+                                                  ("--images-per-prompt", "0", "images_per_prompt"),
+                                                  ("--subset", "0", "max_prompts_per_task")])
+def test_run_shapes_eval_raises_the_cli_message(work, capsys, flag, value, keyword):
+    from diffalign.eval.benchmark import BenchmarkError
     from diffalign.eval.shapes_eval import GroundTruthSampler, run_shapes_eval
 
-    for kwargs, text in [({"steps": 0}, "steps"), ({"guidance_scale": math.nan}, "nan"), ({"images_per_prompt": 0}, "0"),
-                         ({"max_prompts_per_task": 0}, "max_prompts_per_task"), ({"steps": 10**6}, "1000000")]:
-        with pytest.raises(UserError, match=text):
-            run_shapes_eval(GroundTruthSampler(), work / "evalrun", progress=False, **kwargs)
+    message = _cli_message([*EVAL, flag, value], capsys)
+    typed = float(value) if keyword == "guidance_scale" else int(value)
+    with pytest.raises(BenchmarkError) as raised:
+        run_shapes_eval(GroundTruthSampler(), work / "evalrun", progress=False, **{keyword: typed})
+    assert isinstance(raised.value, UserError)
+    assert message == str(raised.value).replace(keyword, "--" + keyword.replace("_", "-"))
     assert not (work / "evalrun").exists()
 
 
