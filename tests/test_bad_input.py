@@ -96,7 +96,7 @@ CASES = [
     ([*EVAL, "--subset", "0"], "--max-prompts-per-task must be an integer >= 1, got 0"),
     ([*EVAL, "--prompts", "missing.jsonl"], "missing.jsonl does not exist"),
     (["eval", "shapes", "--model", "/nonexistent/folder", "--out", "evalrun"], "/nonexistent/folder"),
-    (["eval", "geneval", "--images", "missing_images", "--out", "evalrun"], "--images folder missing_images does not exist"),
+    (["eval", "geneval", "--images", "missing_images", "--out", "evalrun"], "missing_images: no such folder of GenEval images"),
     (["eval", "geneval", "--model", "shapes-sd", "--steps", "0", "--out", "evalrun"], "--steps must be an integer >= 1"),
     # demo
     ([*DEMO, "--epochs", "0"], "epochs must be an integer >= 1, got 0"),

@@ -76,11 +76,7 @@ def run(args: argparse.Namespace) -> int:
         return fail("geneval scores the PNG files it writes; --no-images does not apply")
     from diffalign.eval.cli import check_arguments
 
-    check_arguments(args)
-    if args.images is not None:
-        from diffalign.errors import existing_path
-
-        existing_path(args.images, "--images folder", kind="dir")
+    check_arguments(args)  # the images folder itself is checked by score_images, before any model loads
     try:
         options, colour_options = parse_options(args.option)
         if args.scoring_batch_size < 1:
