@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
-from diffalign.errors import MAX_STEPS, UserError
+from diffalign.errors import MAX_STEPS, UserError, read_toml
 
 __all__ = [
     "Config",
@@ -501,13 +501,10 @@ def load_config(
     elif isinstance(source, Mapping):
         data = {k: dict(v) if isinstance(v, Mapping) else v for k, v in source.items()}
     else:
-        path = Path(source)
-        if not path.exists():
-            raise ConfigError(f"recipe {path} does not exist")
         try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"{path}: not valid TOML: {err}") from None
+            data = read_toml(source, "recipe")
+        except UserError as err:  # the config's own error type, same message
+            raise ConfigError(str(err)) from None
     from_text: dict[str, dict[str, bool]] = {}
     items = (
         [parse_override(o) + (True,) for o in overrides]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import diffalign
 from diffalign.cli import main
 from diffalign.errors import MissingPathError, UnknownNameError, UserError, number
 
@@ -210,6 +211,7 @@ def test_prefs_api_raises_the_cli_message(work, capsys):
 
 
 def test_checks_refuse_instead_of_clamping():
+    assert diffalign.UserError is UserError and issubclass(UserError, ValueError)
     assert number(3, "x", low=1, high=5, integer=True) == 3
     for bad in (0, 6, math.nan, math.inf, True, 2.5, "3"):
         with pytest.raises(UserError, match="x must be"):
