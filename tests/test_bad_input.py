@@ -108,6 +108,8 @@ CASES = [
     ([*BUILD[:-4], "--scorer", "nosuch", "--out", "prefs"], "unknown scorer nosuch"),
     ([*BUILD, "--images-per-prompt", "1"], "--images-per-prompt must be >= 2"),
     ([*BUILD, "--guidance-scale", "nan"], "--guidance-scale must be a finite number, got nan"),
+    ([*BUILD, "--model", "/nonexistent/folder"], "--model /nonexistent/folder: no such folder"),
+    ([*BUILD[:-4], "--scorer", "pickscore", "--out", "prefs"], "pickscore weights 'yuvalkirstain/PickScore_v1' are not cached"),
     (["prefs", "experts", "--num-prompts", "0", "--out", "experts"], "--num-prompts must be >= 1, got 0"),
     (["prefs", "relabel", "missing_data.jsonl", "--scorer", "shapes", "--out", "relabelled"], "missing_data.jsonl"),
     (["prefs", "topk", "missing_data", "--scorer", "shapes", "--k", "0", "--out", "top"], "--k must be >= 1, got 0"),

@@ -95,6 +95,7 @@ def _prompts(args: argparse.Namespace) -> list[str]:
 
 
 def _check(args: argparse.Namespace) -> list[str]:
+    from diffalign.errors import UserError, model_source, scorer_spec
     from diffalign.scorers import SCORERS, parse_spec
 
     problems = []
@@ -106,8 +107,15 @@ def _check(args: argparse.Namespace) -> list[str]:
         unknown = [name for name, _ in parse_spec(args.scorer) if name not in SCORERS]
         if unknown:
             problems.append(f"unknown scorer {', '.join(unknown)} (see diffalign score --list)")
+        else:
+            scorer_spec(args.scorer)  # its weights are there (a hub id must be cached while offline)
     except ValueError as err:
         problems.append(str(err))
+    if args.prefs_command == "build":
+        try:
+            model_source(args.model)
+        except UserError as err:
+            problems.append(str(err))
     if args.batch_size is not None and args.batch_size < 1:
         problems.append(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.prefs_command == "build":
