@@ -1,7 +1,9 @@
 """The ``diffalign`` command line: ``train``, ``score``, ``eval``, ``demo``, ``sample``, ``prefs``, ``runs``.
 
 Each subcommand lives beside the code it drives, in a module exposing
-``configure_parser(parser)`` and ``run(args) -> int``.
+``configure_parser(parser)`` and ``run(args) -> int``. A subcommand reports bad input by raising
+:class:`diffalign.errors.UserError`; :func:`main` prints it as one line, ``diffalign <command>:
+<message>``, and exits 2. Any other exception is an internal error: traceback, exit status 1.
 """
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import argparse
 import importlib
 import logging
 import sys
+
+from diffalign.errors import UserError
 
 SUBCOMMANDS = {
     "train": ("diffalign.training.cli", "fine-tune a model from a TOML recipe"),
@@ -50,6 +54,15 @@ def _not_available(command: str) -> int:
     return 2
 
 
+def command_name(args: argparse.Namespace) -> str:
+    """``train``, ``prefs build``, ...: what the one-line error messages start with."""
+    return getattr(args, "_command_name", None) or args.command
+
+
+def one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -59,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         return int(args._run(args) or 0)
+    except UserError as err:
+        print(f"diffalign {command_name(args)}: {one_line(err)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
+
+from diffalign.errors import MAX_STEPS, UserError, read_toml
 
 __all__ = [
     "Config",
@@ -37,7 +40,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A bad recipe or override; the message names the offending key."""
 
 
@@ -179,6 +182,7 @@ class SamplingConfig:
 
     def validate(self) -> None:
         _positive(self, "sampling", ("steps", "batch_size", "batches_per_epoch", "group_size"))
+        _at_most(self, "sampling", {"steps": MAX_STEPS})
         _non_negative(self, "sampling", ("sde_window",))
         for key in ("height", "width", "num_frames"):
             if getattr(self, key) is not None and getattr(self, key) <= 0:
@@ -266,6 +270,7 @@ class EvalConfig:
 
     def validate(self) -> None:
         _positive(self, "eval", ("steps", "batch_size"))
+        _at_most(self, "eval", {"steps": MAX_STEPS})
         _non_negative(self, "eval", ("every", "grid_images"))
 
 
@@ -274,6 +279,13 @@ def _positive(section: Any, name: str, keys: Sequence[str]) -> None:
         value = getattr(section, key)
         if value <= 0:
             raise ConfigError(f"{name}.{key} must be positive, got {value}")
+
+
+def _at_most(section: Any, name: str, limits: Mapping[str, int]) -> None:
+    for key, limit in limits.items():
+        value = getattr(section, key)
+        if value > limit:
+            raise ConfigError(f"{name}.{key} must be <= {limit}, got {value}")
 
 
 def _non_negative(section: Any, name: str, keys: Sequence[str]) -> None:
@@ -426,6 +438,7 @@ def _build_section(name: str, values: Mapping[str, Any], from_text: Mapping[str,
     for key, value in values.items():
         if key not in fields:
             raise ConfigError(f"unknown key {name}.{key}; allowed keys in [{name}]: {', '.join(fields)}")
+        _check_finite(f"{name}.{key}", value)
         try:
             kwargs[key] = _coerce(value, fields[key], from_text.get(key, False))
         except _Mismatch:
@@ -436,6 +449,20 @@ def _build_section(name: str, values: Mapping[str, Any], from_text: Mapping[str,
     if hasattr(section, "validate"):
         section.validate()
     return section
+
+
+#: integers beyond this come from a typo (``1e99``), not from a setting
+MAX_INT = 2**63 - 1
+
+
+def _check_finite(key: str, value: Any) -> None:
+    """Refuse NaN and infinity in every float and absurd integers (``--set sampling.steps=1e99``)."""
+    values = value if isinstance(value, list) else [value]
+    for item in values:
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ConfigError(f"{key} = {value!r} must be a finite number")
+        if isinstance(item, (int, float)) and not isinstance(item, bool) and abs(item) > MAX_INT:
+            raise ConfigError(f"{key} = {value!r} is out of range (at most {MAX_INT})")
 
 
 # --------------------------------------------------------------------------------------- overrides
@@ -474,13 +501,10 @@ def load_config(
     elif isinstance(source, Mapping):
         data = {k: dict(v) if isinstance(v, Mapping) else v for k, v in source.items()}
     else:
-        path = Path(source)
-        if not path.exists():
-            raise ConfigError(f"recipe {path} does not exist")
         try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"{path}: not valid TOML: {err}") from None
+            data = read_toml(source, "recipe")
+        except UserError as err:  # the config's own error type, same message
+            raise ConfigError(str(err)) from None
     from_text: dict[str, dict[str, bool]] = {}
     items = (
         [parse_override(o) + (True,) for o in overrides]

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,37 +92,41 @@ def run_demo(
     preference_prompts: int = PREFERENCE_PROMPTS,
 ) -> DemoResult:
     """Evaluate, align and re-evaluate a ShapesWorld model; see the module docstring."""
+    from diffalign.config import load_config
+    from diffalign.errors import OutputExistsError, known_name, model_source, number
     from diffalign.eval.compare import before_after_grid
     from diffalign.eval.shapes_eval import run_shapes_eval
     from diffalign.pipelines import load
-    from diffalign.training.trainer import Trainer
+    from diffalign.training.trainer import Trainer, recipe_path
 
-    if algorithm not in DEMO_SETTINGS:
-        raise ValueError(f"unknown demo algorithm {algorithm!r}; choose one of {sorted(DEMO_SETTINGS)}")
+    known_name(algorithm, DEMO_SETTINGS, "demo algorithm")
     default_model, default_epochs = DEMO_SETTINGS[algorithm]
     model = model or default_model
     epochs = default_epochs if epochs is None else epochs
-    if epochs < 1 or prompts_per_task < 1 or images_per_prompt < 1:
-        raise ValueError("epochs, prompts_per_task and images_per_prompt must be positive")
+    number(epochs, "epochs", low=1, integer=True)
+    number(prompts_per_task, "prompts_per_task", low=1, integer=True)
+    number(images_per_prompt, "images_per_prompt", low=1, integer=True)
+    number(seed, "seed", low=0, integer=True)
+    number(preference_prompts, "preference_prompts", low=1, integer=True)
     out = Path(out)
     if (out / "summary.json").exists() or (out / "train" / "metrics.jsonl").exists():
-        raise FileExistsError(f"{out} already holds a demo run; choose another --out")
+        raise OutputExistsError(f"{out} already holds a demo run; choose another --out")
+    model_source(model)
+    recipe = recipe_path(f"{algorithm}_shapes")
+    train_overrides = [f"run.epochs={epochs}", f"run.seed={seed}", f"model.source={model}", "eval.at_start=false",
+                       f"eval.every={max(1, epochs // 3)}", f"run.progress={str(progress).lower()}",
+                       f"run.checkpoint_every={epochs}", *overrides]
+    config = load_config(recipe, train_overrides)  # a bad --set fails before the model loads
     out.mkdir(parents=True, exist_ok=True)
 
     log(f"[1/4] loading {model}")
     adapter = load(model)
-    run_overrides = [f"run.epochs={epochs}", f"run.seed={seed}", f"model.source={model}", "eval.at_start=false",
-                     f"eval.every={max(1, epochs // 3)}", f"run.progress={str(progress).lower()}", f"run.checkpoint_every={epochs}"]
     preference_data = None
     if algorithm in PREFERENCE_DATA:  # labelled by the run's reward (the judge unless overridden)
-        from diffalign.config import load_config
-        from diffalign.training.trainer import recipe_path
-
-        reward = load_config(recipe_path(f"{algorithm}_shapes"), [*run_overrides, *overrides]).reward
         manifest, preference_data = build_shapes_preference_data(
-            adapter, out / "data", algorithm, preference_prompts, seed, progress, log, reward.spec, reward.options)
-        run_overrides.append(f"data.source={manifest}")
-    trainer = Trainer(f"{algorithm}_shapes", overrides=[*run_overrides, *overrides], adapter=adapter, run_dir=out / "train")
+            adapter, out / "data", algorithm, preference_prompts, seed, progress, log, config.reward.spec, config.reward.options)
+        train_overrides.append(f"data.source={manifest}")
+    trainer = Trainer(recipe, overrides=train_overrides, adapter=adapter, run_dir=out / "train")
     e = trainer.config.eval
     eval_kwargs = dict(
         images_per_prompt=images_per_prompt, steps=e.steps, guidance_scale=e.guidance_scale, seed=seed,
@@ -202,17 +205,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffalign.config import ConfigError
-
     out = args.out or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     started = time.time()
-    try:
-        result = run_demo(out, algorithm=args.algorithm, model=args.model, epochs=args.epochs,
-                          prompts_per_task=args.prompts_per_task, images_per_prompt=args.images_per_prompt,
-                          seed=args.seed, overrides=args.overrides, progress=not args.no_progress)
-    except (ConfigError, FileExistsError, OSError, ValueError) as err:
-        print(f"diffalign demo: {err}", file=sys.stderr)
-        return 2
+    result = run_demo(out, algorithm=args.algorithm, model=args.model, epochs=args.epochs,
+                      prompts_per_task=args.prompts_per_task, images_per_prompt=args.images_per_prompt,
+                      seed=args.seed, overrides=args.overrides, progress=not args.no_progress)
     print()
     print(result.paths["summary"].read_text())
     print(f"done in {time.time() - started:.0f} s; results in {result.out}:")

@@ -13,11 +13,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from diffalign.errors import UserError
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".webm", ".avi", ".mov", ".mkv", ".gif"}
 
 
-class MediaError(ValueError):
+class MediaError(UserError):
     """A media file or tensor that cannot be used; the message names the file or the problem."""
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 from typing import Callable, Generic, Iterator, TypeVar
 
+from diffalign.errors import UnknownNameError
+
 T = TypeVar("T")
 
 
@@ -43,7 +45,7 @@ class Registry(Generic[T]):
         self._load_entry_points()
         if name not in self._factories:
             known = ", ".join(sorted(self._factories)) or "none"
-            raise KeyError(f"unknown {self.kind} {name!r}; known: {known}")
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {known}")
         return self._factories[name]
 
     def build(self, name: str, **options) -> T:

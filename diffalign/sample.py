@@ -13,16 +13,16 @@ import torch
 
 def read_prompts(path: str | Path) -> list[str]:
     """One prompt per line; blank lines are skipped and reported, a file with no prompt is an error."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: prompt file not found")
+    from diffalign.errors import UserError, existing_path
+
+    path = existing_path(path, "prompt file", kind="file")
     lines = path.read_text(encoding="utf-8").splitlines()
     prompts = [line.strip() for line in lines if line.strip()]
     skipped = len(lines) - len(prompts)
     if skipped:
         print(f"{path}: skipped {skipped} empty line(s)")
     if not prompts:
-        raise ValueError(f"{path}: no prompts (the file is empty or only blank lines)")
+        raise UserError(f"{path}: no prompts (the file is empty or only blank lines)")
     return prompts
 
 
@@ -48,10 +48,31 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="samples.png", help="output PNG grid")
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Numbers in range, the output writable and the model there: a UserError before anything loads."""
+    from diffalign.errors import MAX_STEPS, UserError, model_source, number
+
+    number(args.num_images, "--num-images", low=1, integer=True)
+    if args.steps is not None:
+        number(args.steps, "--steps", low=1, high=MAX_STEPS, integer=True)
+    if args.guidance_scale is not None:
+        number(args.guidance_scale, "--guidance-scale", low=0)
+    if any(not p.strip() for p in args.prompt):
+        raise UserError("--prompt '': a prompt must not be empty")
+    out = Path(args.out)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give a .png file name")
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: folder {out.parent} does not exist")
+    if args.model is not None:  # else the run's model.source, checked with the run
+        model_source(args.model)
+
+
 def run(args: argparse.Namespace) -> int:
     from diffalign.media import save_grid
     from diffalign.trained import load_from_args
 
+    check_arguments(args)
     try:
         prompts = list(args.prompt)
         if args.prompts:
@@ -63,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"diffalign sample: {err}", file=sys.stderr)
         return 2
     defaults = model_defaults(adapter)
-    steps = args.steps or defaults.get("num_inference_steps", 20)
+    steps = args.steps if args.steps is not None else defaults.get("num_inference_steps", 20)
     guidance = args.guidance_scale if args.guidance_scale is not None else defaults.get("guidance_scale", 1.0)
     expanded = [p for p in prompts for _ in range(args.num_images)]
     generator = torch.Generator(args.device).manual_seed(args.seed)

@@ -32,12 +32,13 @@ from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 import torch
 
+from diffalign.errors import MAX_STEPS, UserError, number
 from diffalign.media import MediaError, check_media, load_image, save_grid, save_image
 
 logger = logging.getLogger(__name__)
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(UserError):
     """Bad benchmark input (prompt file, sampler output, options); the message names the problem."""
 
 
@@ -83,10 +84,15 @@ class SamplingProtocol:
     sample_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("images_per_prompt", "steps", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise BenchmarkError(f"{name} must be a positive integer, got {value!r}")
+        # the messages of diffalign eval's --images-per-prompt, --steps, ... checks, without the dashes
+        try:
+            number(self.images_per_prompt, "images_per_prompt", low=1, integer=True)
+            number(self.steps, "steps", low=1, high=MAX_STEPS, integer=True)
+            number(self.guidance_scale, "guidance_scale", low=0)
+            number(self.batch_size, "batch_size", low=1, integer=True)
+            number(self.seed, "seed", integer=True)
+        except UserError as err:
+            raise BenchmarkError(str(err)) from None
 
     def image_seed(self, prompt_index: int, sample_index: int) -> int:
         return self.seed * 1_000_003 + prompt_index * 1_009 + sample_index
@@ -113,8 +119,10 @@ class Benchmark:
         """The first ``max_prompts_per_task`` prompts of each task (all when None)."""
         if max_prompts_per_task is None:
             return list(self.prompts)
-        if max_prompts_per_task <= 0:
-            raise BenchmarkError(f"max_prompts_per_task must be positive, got {max_prompts_per_task}")
+        try:
+            number(max_prompts_per_task, "max_prompts_per_task", low=1, integer=True)
+        except UserError as err:
+            raise BenchmarkError(str(err)) from None
         taken: dict[str, int] = {}
         out = []
         for item in self.prompts:
@@ -245,9 +253,11 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Sample, judge and report ``benchmark`` for ``sampler`` into ``out_dir``; returns the summary dict."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     protocol = benchmark.protocol
-    items = benchmark.subset(max_prompts_per_task)
+    items = benchmark.subset(max_prompts_per_task)  # a bad subset fails before the folder is made
+    if out.exists() and not out.is_dir():
+        raise BenchmarkError(f"output folder {out} is a file; choose another folder")
+    out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.jsonl"
     done: dict[str, dict[str, Any]] = {}
     if results_path.exists():

@@ -80,6 +80,24 @@ def load_sampler(args: argparse.Namespace) -> Any:
     return load_from_args(args)
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """The options every benchmark shares: numbers in range, files and the model there (UserError otherwise)."""
+    from diffalign.errors import MAX_STEPS, existing_path, model_source, number
+
+    number(args.images_per_prompt, "--images-per-prompt", low=1, integer=True)
+    number(args.batch_size, "--batch-size", low=1, integer=True)
+    if args.steps is not None:
+        number(args.steps, "--steps", low=1, high=MAX_STEPS, integer=True)
+    if args.guidance_scale is not None:
+        number(args.guidance_scale, "--guidance-scale", low=0)
+    if args.max_prompts_per_task is not None:
+        number(args.max_prompts_per_task, "--max-prompts-per-task", low=1, integer=True)
+    if args.prompts is not None:
+        existing_path(args.prompts, "--prompts file", kind="file")
+    if args.model is not None and args.model != ORACLE:
+        model_source(args.model)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.benchmark == "geneval":
         from .geneval.cli import run as run_geneval
@@ -95,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
     from .benchmark import BenchmarkError
     from .shapes_eval import run_shapes_eval
 
+    check_arguments(args)
     try:
         base, trained = resolve_from_args(args) if args.model != ORACLE else (ORACLE, None)
         if args.compare and trained is None:

@@ -71,7 +71,19 @@ def load(
     from_pretrained_kwargs.setdefault("trust_remote_code", False)
     if torch_dtype is not None:
         from_pretrained_kwargs["torch_dtype"] = torch_dtype
-    pipe = DiffusionPipeline.from_pretrained(location, **from_pretrained_kwargs)
+    if cls is None:  # a hub id: a missing or uncached one is the user's to fix, not a traceback
+        from diffalign.errors import model_source
+
+        model_source(location, option="model")
+    try:
+        pipe = DiffusionPipeline.from_pretrained(location, **from_pretrained_kwargs)
+    except OSError as err:
+        if cls is not None:
+            raise
+        raise AdapterError(
+            f"model {location!r} could not be loaded from the Hugging Face Hub and is not in the local cache "
+            f"({' '.join(str(err).split())[:200]}); download it or pass a local folder"
+        ) from err
     cls = cls or adapter_class_for(type(pipe).__name__)
     return cls(pipe, device=device)
 

@@ -23,12 +23,14 @@ import contextlib
 import copy
 import inspect
 import logging
+import math
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Sequence
 
 import torch
 
+from diffalign.errors import UserError
 from diffalign.registry import Registry
 from diffalign.rollout import Rollout
 
@@ -40,7 +42,7 @@ Generator = torch.Generator | list[torch.Generator] | None
 Conditioning = dict[str, Any]
 
 
-class AdapterError(ValueError):
+class AdapterError(UserError):
     """Bad input to an adapter; the message names the argument and the problem."""
 
 
@@ -323,6 +325,8 @@ class PipelineAdapter(ABC):
         """
         prompts = self._check_prompts(prompts)
         steps = self._check_steps(steps)
+        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
+            raise AdapterError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
         if log_prob_reduce not in ("mean", "sum"):
             raise AdapterError(f"log_prob_reduce must be 'mean' or 'sum', got {log_prob_reduce!r}")
         if stochastic and (eta if self.prediction_type != "flow" else noise_level) <= 0:

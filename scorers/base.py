@@ -17,6 +17,7 @@ from typing import Callable, Mapping, Sequence, Union
 import torch
 from torch import nn
 
+from diffalign.errors import UserError
 from diffalign.media import check_media
 from diffalign.registry import Registry
 
@@ -183,15 +184,15 @@ def parse_spec(spec: str) -> list[tuple[str, float]]:
     for item in spec.split(","):
         item = item.strip()
         if not item:
-            raise ValueError(f"empty scorer name in spec {spec!r}")
+            raise UserError(f"empty scorer name in spec {spec!r}")
         name, sep, weight = item.partition(":")
         name = name.strip()
         if not name:
-            raise ValueError(f"empty scorer name in spec {spec!r}")
+            raise UserError(f"empty scorer name in spec {spec!r}")
         try:
             value = float(weight) if sep else 1.0
         except ValueError:
-            raise ValueError(f"weight of {name!r} in spec {spec!r} is not a number: {weight!r}") from None
+            raise UserError(f"weight of {name!r} in spec {spec!r} is not a number: {weight!r}") from None
         parts.append((name, value))
     return parts
 
@@ -221,6 +222,9 @@ def load(name_or_spec: str, **options) -> Scorer:
 
 
 def _build(name: str, options: Mapping) -> Scorer:
+    from diffalign.errors import scorer_factory_weights
+
+    scorer_factory_weights(name, SCORERS.get(name), options)  # missing weights: a UserError before any load
     scorer = SCORERS.build(name, **options)
     if not isinstance(scorer, Scorer):
         raise TypeError(f"scorer factory {name!r} returned {type(scorer).__name__}, not a Scorer")

@@ -38,6 +38,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
+from diffalign.errors import UserError, existing_path, number, read_csv, read_jsonl, scorer_spec
 from diffalign.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, MediaError, even_frames, expand_paths, load_image, load_video
 from diffalign.scorers.base import Scorer, load
 
@@ -136,30 +137,21 @@ class PromptTable:
 
     @classmethod
     def from_file(cls, path: str | Path) -> PromptTable:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"prompts file {path} does not exist")
+        path = existing_path(path, "prompts file", kind="file")
         suffix = path.suffix.lower()
         if suffix == ".jsonl":
-            records = []
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                if line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as err:
-                        raise ValueError(f"{path}:{number}: not valid JSON ({err})") from err
+            records = read_jsonl(path, "prompts file")
         elif suffix == ".csv":
-            with open(path, newline="", encoding="utf-8") as handle:
-                records = list(csv.DictReader(handle))
+            records = read_csv(path, "prompts file")
         else:
-            raise ValueError(f"prompts file {path}: expected .jsonl or .csv, got {suffix or 'no suffix'}")
+            raise UserError(f"prompts file {path}: expected .jsonl or .csv, got {suffix or 'no suffix'}")
         entries = {}
-        for number, record in enumerate(records, 1):
+        for index, record in enumerate(records, 1):
             file_key = next((k for k in FILE_KEYS if record.get(k)), None)
             prompt_key = next((k for k in PROMPT_KEYS if k in record and record[k] is not None), None)
             if file_key is None or prompt_key is None:
-                raise ValueError(
-                    f"prompts file {path}, record {number}: needs a {'/'.join(FILE_KEYS)} column and a "
+                raise UserError(
+                    f"prompts file {path}, record {index}: needs a {'/'.join(FILE_KEYS)} column and a "
                     f"{'/'.join(PROMPT_KEYS)} column, got {sorted(record)}"
                 )
             entries[str(record[file_key])] = str(record[prompt_key])
@@ -391,14 +383,30 @@ def score_files(
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
+    # everything the user named is checked before any scorer loads its weights
+    if batch_size is not None:
+        number(batch_size, "batch_size", low=1, integer=True)
+    if video_frames is not None:
+        number(video_frames, "video_frames", low=1, integer=True)
+    if out is not None and Path(out).suffix.lower() not in OUTPUT_SUFFIXES:
+        raise UserError(f"output {out}: expected a {', '.join(OUTPUT_SUFFIXES)} file")
+    table = _prompt_table(prompts)
+    for spec in [scorers] if isinstance(scorers, str) else scorers if isinstance(scorers, (list, tuple)) else []:
+        if isinstance(spec, str):
+            for part in spec.split(",") if ":" not in spec else [spec]:
+                if part.strip():
+                    scorer_spec(part.strip(), (scorer_options or {}).get(part.strip()))
+    out_files = [] if out is None else [Path(out), Path(out).with_name(Path(out).name + ".summary.json"),
+                                        Path(out).with_name(Path(out).name + ".partial.jsonl")]
+    found = collect_files(paths, exclude=out_files)
+    if not found.files:
+        raise UserError(f"no image or video files in {', '.join(map(str, paths))}"
+                        + (f" (skipped {len(found.skipped)} other file(s))" if found.skipped else ""))
     columns = resolve_scorers(scorers, scorer_options)
     if device is not None:
         for scorer in columns.values():
             scorer.to(device)
     store: ResultStore = ResultStore(out, list(columns)) if out is not None else _MemoryStore(list(columns))
-    exclude = [] if out is None else [store.path, store.summary_path, store.journal]
-    found = collect_files(paths, exclude=exclude)
-    table = _prompt_table(prompts)
 
     done = store.latest()
     pending = [f for f in found.files if not _finished(done.get(str(f.resolve())), retry_failed)]

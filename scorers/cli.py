@@ -17,6 +17,7 @@ import inspect
 import sys
 from typing import Any
 
+from diffalign.errors import UserError
 from diffalign.media import MediaError
 
 
@@ -50,7 +51,7 @@ def parse_options(items: list[str]) -> dict[str, dict[str, Any]]:
         key, sep, raw = item.partition("=")
         column, dot, name = key.rpartition(".")
         if not sep or not dot or not column or not name:
-            raise ValueError(f"--set {item!r}: expected COLUMN.KEY=VALUE, e.g. critic.url=http://localhost:8000/v1")
+            raise UserError(f"--set {item!r}: expected COLUMN.KEY=VALUE, e.g. critic.url=http://localhost:8000/v1")
         try:
             value: Any = ast.literal_eval(raw)
         except (ValueError, SyntaxError):

@@ -17,8 +17,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffalign.config import ConfigError
+    from diffalign.errors import UserError, existing_path
 
+    from .checkpoint import find_latest_checkpoint
     from .trainer import Trainer, TrainingDivergedError, recipe_path, shipped_recipes
 
     if args.list:
@@ -28,24 +29,31 @@ def run(args: argparse.Namespace) -> int:
     run_dir = args.out
     if args.resume:
         run_dir = run_dir or args.resume
+        existing_path(args.resume, "--resume folder", kind="dir")
+        if find_latest_checkpoint(args.resume) is None:
+            raise UserError(f"--resume {args.resume}: no complete checkpoint there (checkpoints/checkpoint-*); "
+                            f"give a run folder that holds one, or start without --resume")
         if recipe is None:
             saved = Path(args.resume) / "config.toml"
             if not saved.exists():
-                print(f"diffalign train: {args.resume} has no config.toml; give the recipe too", file=sys.stderr)
-                return 2
+                raise UserError(f"{args.resume} has no config.toml; give the recipe too")
             recipe = str(saved)
     if recipe is None:
-        print("diffalign train: give a recipe (a .toml file or a shipped name; --list shows them)", file=sys.stderr)
-        return 2
+        raise UserError("give a recipe (a .toml file or a shipped name; --list shows them)")
+    if args.resume == "":  # resume the run folder itself: it must hold a checkpoint before the model loads
+        from diffalign.config import load_config
+
+        config = load_config(recipe_path(recipe), list(args.overrides))
+        folder = Path(run_dir) if run_dir is not None else Path(config.run.output_dir) / config.run.name
+        if find_latest_checkpoint(folder) is None:
+            raise UserError(f"--resume: the run folder {folder} holds no complete checkpoint; "
+                            f"name the run to resume with --resume DIR or start without --resume")
+    trainer = Trainer(recipe_path(recipe), overrides=args.overrides, run_dir=run_dir)
     try:
-        trainer = Trainer(recipe_path(recipe), overrides=args.overrides, run_dir=run_dir)
         if args.resume is not None:
             trainer.resume(args.resume or None)
         trainer.train()
         trainer.close()
-    except ConfigError as err:
-        print(f"diffalign train: config error: {err}", file=sys.stderr)
-        return 2
     except TrainingDivergedError as err:
         print(f"diffalign train: {err}", file=sys.stderr)
         return 3

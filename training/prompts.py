@@ -13,11 +13,11 @@ and rewards are gathered before advantages are computed.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from diffalign.errors import MissingPathError, UnknownNameError, UserError, read_jsonl
 from diffalign.registry import Registry
 
 __all__ = ["GroupPromptSampler", "PROMPT_SOURCES", "PromptSource", "derive_seed", "prompt_source"]
@@ -44,7 +44,7 @@ class ListSource(PromptSource):
     def __init__(self, prompts: Sequence[str], name: str = "list"):
         prompts = [p for p in prompts if isinstance(p, str) and p.strip()]
         if not prompts:
-            raise ValueError(f"prompt source {name!r} is empty")
+            raise UserError(f"prompt source {name!r} is empty")
         self.prompts = list(prompts)
         self.name = name
 
@@ -104,15 +104,12 @@ def _shapes(tasks: Sequence[str] | None = None, **options) -> PromptSource:
 def _read_file(path: Path) -> list[str]:
     if path.suffix == ".jsonl":
         prompts = []
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if "prompt" not in row:
-                raise ValueError(f"{path}:{number}: a JSONL prompt file needs a 'prompt' field per row")
+        for number, row in enumerate(read_jsonl(path, "prompt file"), 1):
+            if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+                raise UserError(f"{path}: row {number} has no 'prompt' text (a JSONL prompt file needs one per row)")
             prompts.append(row["prompt"])
         return prompts
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def prompt_source(spec: str = "", items: Sequence[str] = (), options: dict[str, Any] | None = None) -> PromptSource:
@@ -120,14 +117,14 @@ def prompt_source(spec: str = "", items: Sequence[str] = (), options: dict[str, 
     if items:
         return ListSource(items, name="list")
     if not spec:
-        raise ValueError("no prompts: give a named source, a prompt file or an inline list")
+        raise UserError("no prompts: give a named source, a prompt file or an inline list")
     path = Path(spec)
     if path.suffix in (".txt", ".jsonl") or path.exists():
         if not path.exists():
-            raise ValueError(f"prompt file {path} does not exist")
+            raise MissingPathError(f"prompt file {path} does not exist")
         return ListSource(_read_file(path), name=str(path))
     if spec not in PROMPT_SOURCES:
-        raise ValueError(f"unknown prompt source {spec!r}; known: {', '.join(PROMPT_SOURCES.names())} (or a .txt/.jsonl path)")
+        raise UnknownNameError(f"unknown prompt source {spec!r}; known: {', '.join(PROMPT_SOURCES.names())} (or a .txt/.jsonl path)")
     return PROMPT_SOURCES.build(spec, **(options or {}))
 
 

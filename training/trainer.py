@@ -45,6 +45,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 
 from diffalign.config import Config, ConfigError, load_config, to_toml
+from diffalign.errors import MissingPathError
 
 from .advantages import build_normalizer
 from .algorithms import ALGORITHMS, Algorithm
@@ -133,6 +134,7 @@ class Trainer:
             logger.warning("advantage.mode = %r; %s normally uses %r", self.config.advantage.mode, run.algorithm, expected_mode)
         self.run_dir = Path(run_dir) if run_dir is not None else Path(run.output_dir) / run.name
         self.grad_accum = self._derive_accumulation()
+        self._check_sources(adapter, reward, train_prompts)  # bad names and paths fail before anything loads
 
         from accelerate import Accelerator
 
@@ -213,6 +215,17 @@ class Trainer:
                 f"({n} samples / train.batch_size {t.batch_size})"
             )
         return batches // updates * self.algorithm.micro_steps_per_batch()
+
+    def _check_sources(self, adapter, reward, train_prompts) -> None:
+        """The model, reward and prompt sources exist (UserError otherwise), checked before any model loads."""
+        from diffalign.errors import model_source, scorer_spec
+
+        if adapter is None:
+            model_source(self.config.model.source, option="model.source")
+        if reward is None or isinstance(reward, str):
+            scorer_spec(reward or self.config.reward.spec, self.config.reward.options, what="reward.spec scorer")
+        if not train_prompts:
+            prompt_source(self.config.prompts.train, self.config.prompts.train_list, self.config.prompts.options)
 
     def _load_adapter(self, adapter):
         from diffalign.pipelines import load
@@ -534,7 +547,7 @@ class Trainer:
         """Restore everything from ``checkpoint`` (a checkpoint folder or a run folder: its newest)."""
         found = find_latest_checkpoint(checkpoint or self.run_dir)
         if found is None:
-            raise FileNotFoundError(f"no complete checkpoint under {checkpoint or self.run_dir}")
+            raise MissingPathError(f"no complete checkpoint under {checkpoint or self.run_dir}")
         data = load_state(found, rank=self.accelerator.process_index)
         state = data["trainer_state"]
         if state.get("algorithm") not in (None, self.config.run.algorithm):

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
+from diffalign.errors import UserError
 from diffalign.media import MediaError, save_image, save_video
 from diffalign.scorers.base import Scorer
 from diffalign.scorers.batch import ResultStore, score_media
@@ -116,15 +117,15 @@ def build_preferences(
     """
     prompts = list(prompts)
     if not prompts:
-        raise ValueError("no prompts to build preference data from")
+        raise UserError("no prompts to build preference data from")
     if any(not isinstance(p, str) or not p.strip() for p in prompts):
-        raise ValueError("empty prompt in the prompt list")
+        raise UserError("empty prompt in the prompt list")
     if images_per_prompt < 2:
-        raise ValueError(f"images_per_prompt must be >= 2 to compare samples, got {images_per_prompt}")
+        raise UserError(f"images_per_prompt must be >= 2 to compare samples, got {images_per_prompt}")
     if threshold is not None and not math.isfinite(threshold):
-        raise ValueError(f"threshold must be a finite number, got {threshold}")
+        raise UserError(f"threshold must be a finite number, got {threshold}")
     if pairing not in PAIRINGS:
-        raise ValueError(f"pairing must be one of {', '.join(PAIRINGS)}, got {pairing!r}")
+        raise UserError(f"pairing must be one of {', '.join(PAIRINGS)}, got {pairing!r}")
     defaults = sampling_defaults(adapter)
     steps = int(steps or defaults.get("num_inference_steps", 20))
     guidance = float(guidance_scale if guidance_scale is not None else defaults.get("guidance_scale", 1.0))
@@ -356,7 +357,7 @@ def topk_preferences(
     """The ``k`` best-scored unique (media, prompt) items of a dataset (every image of a pairs or labels
     source, else its winners) as ``out/experts.jsonl`` (``prompt, media, score, source_row``), best first."""
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise UserError(f"k must be >= 1, got {k}")
     dataset = open_dataset(data, ("labels", "winners"))
     out = Path(out)
     _check_settings(out, {"source": dataset.source, "scorer": scorer.name, "command": "topk"}, resume=True)

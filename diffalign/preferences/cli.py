@@ -73,8 +73,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     experts.add_argument("--num-prompts", type=int, default=None, help="captions to render (default: every prompt of the file)")
     experts.add_argument("--seed", type=int, default=0)
     experts.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
-    for sub_parser in (build, relabel, topk, experts):
-        sub_parser.set_defaults(_prefs_parser=sub_parser)
+    for command, sub_parser in (("build", build), ("relabel", relabel), ("topk", topk), ("experts", experts)):
+        sub_parser.set_defaults(_prefs_parser=sub_parser, _command_name=f"prefs {command}")
     parser.set_defaults(_prefs_help=parser.print_help)
 
 
@@ -101,6 +101,7 @@ def _prompts(args: argparse.Namespace) -> list[str]:
 
 
 def _check(args: argparse.Namespace) -> list[str]:
+    from diffalign.errors import UserError, model_source, scorer_spec
     from diffalign.scorers import SCORERS, parse_spec
 
     problems = []
@@ -112,8 +113,15 @@ def _check(args: argparse.Namespace) -> list[str]:
         unknown = [name for name, _ in parse_spec(args.scorer) if name not in SCORERS]
         if unknown:
             problems.append(f"unknown scorer {', '.join(unknown)} (see diffalign score --list)")
+        else:
+            scorer_spec(args.scorer)  # its weights are there (a hub id must be cached while offline)
     except ValueError as err:
         problems.append(str(err))
+    if args.prefs_command == "build":
+        try:
+            model_source(args.model)
+        except UserError as err:
+            problems.append(str(err))
     if args.batch_size is not None and args.batch_size < 1:
         problems.append(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.prefs_command == "build":
@@ -142,8 +150,9 @@ def run(args: argparse.Namespace) -> int:
     name = f"diffalign prefs {command}"
     problems = _check(args)
     if problems:
-        print(f"{name}: " + "; ".join(problems), file=sys.stderr)
-        return 2
+        from diffalign.errors import UserError
+
+        raise UserError("; ".join(problems))
     from diffalign.media import MediaError
     from diffalign.scorers import load as load_scorer
 

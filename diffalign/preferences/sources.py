@@ -39,6 +39,7 @@ from typing import Any, Sequence
 
 import torch
 
+from diffalign.errors import UserError
 from diffalign.media import MediaError, decode_image
 
 from .batch import KINDS
@@ -63,7 +64,7 @@ DERIVED_KINDS = {
 TABLE_SUFFIXES = (".jsonl", ".csv")
 
 
-class PreferenceDataError(ValueError):
+class PreferenceDataError(UserError):
     """A preference source that cannot be used; the message names the source and the problem."""
 
 

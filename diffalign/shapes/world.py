@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from diffalign.errors import UserError
+
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -68,7 +70,7 @@ _RELATION_OTHER = 0.3  # ... and the perpendicular component <= this
 _SUPERSAMPLE = 4
 
 
-class GrammarError(ValueError):
+class GrammarError(UserError):
     """A caption outside the ShapesWorld grammar, or metadata naming an unknown shape/colour/relation."""
 
 

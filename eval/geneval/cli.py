@@ -74,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
         return fail("geneval needs exactly one of --model (generate and score) or --images DIR (score a folder)")
     if args.no_images:
         return fail("geneval scores the PNG files it writes; --no-images does not apply")
+    from diffalign.eval.cli import check_arguments
+
+    check_arguments(args)  # the images folder itself is checked by score_images, before any model loads
     try:
         options, colour_options = parse_options(args.option)
         if args.scoring_batch_size < 1:

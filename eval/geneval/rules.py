@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from diffalign.errors import UserError
 from diffalign.eval.detection import Detection
 
 #: the relations of GenEval's position prompts
@@ -40,7 +41,7 @@ TASKS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "
 ColorClassifier = Callable[[Sequence[Detection], str], Sequence[str]]
 
 
-class MetadataError(ValueError):
+class MetadataError(UserError):
     """A GenEval metadata row the rules cannot apply; the message names the problem."""
 
 
