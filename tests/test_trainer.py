@@ -239,3 +239,75 @@ def test_shapes_recipe_raises_held_out_judge_score(tmp_path, recipe, shapes_rise
     """ShapesWorld: training with the judge as reward raises the judge's score on 256 held-out prompts
     (the paired two-seed test of ``tests/shapes_rise.py``)."""
     shapes_rise.assert_rises(recipe, [f"run.epochs={SHAPES_RISE_EPOCHS[recipe]}"], tmp_path)
+
+
+# ----------------------------------------------------------------------- the algorithm contract
+def test_a_frozen_model_with_another_trainable_trains_only_that_and_evaluates_through_it(tiny_model, tmp_path):
+    """The contract FIND stands on: the algorithm freezes the denoiser, trains its own parameter group (own
+    learning rate), and evaluation samples through the algorithm, so the trained parameter shows there."""
+    from dataclasses import dataclass
+
+    from safetensors.torch import load_file
+
+    from diffalign.config import register_section
+    from diffalign.training.algorithms.base import ALGORITHMS, Algorithm, ParamGroup, register_algorithm
+
+    @register_section("test_noise_shift")
+    @dataclass
+    class ShiftConfig:
+        target: float = 1.0
+
+    @register_algorithm
+    class NoiseShift(Algorithm):
+        name = "test_noise_shift"
+        config_class = ShiftConfig
+        needs_log_probs = False
+
+        def setup_trainable(self, adapter):
+            adapter.trainable_denoiser.requires_grad_(False)
+            self.shift = torch.nn.Parameter(torch.zeros(()))
+
+        def parameter_groups(self):
+            return [ParamGroup("shift", {"mu": self.shift}, learning_rate=0.1)]
+
+        def micro_steps_per_batch(self):
+            return 1
+
+        def micro_batches(self, batch, epoch, inner_epoch):
+            yield batch
+
+        def loss(self, micro):
+            return (self.shift - self.cfg.target) ** 2, {}
+
+        def evaluation_rollout(self, prompts, generator):
+            latents = self.adapter.prepare_latents(len(prompts), generator) + self.shift.detach()
+            return self.adapter.sample(prompts, steps=self.config.eval.steps, latents=latents)
+
+    try:
+        path = tiny_model("sd15")
+        adapter = load(str(path))
+        before = {k: v.clone() for k, v in adapter.trainable_denoiser.state_dict().items()}
+        config = base_config("test_noise_shift", path, sampling={"stochastic": False}, model={"lora": False},
+                             train={"learning_rate": 1e-6, "batch_size": 4}, run={"epochs": 3})
+        trainer = Trainer(config, adapter=adapter, reward=brightness, run_dir=tmp_path / "run")
+        assert trainer.param_names == ["shift/mu"] and trainer.optimizer.param_groups[0]["lr"] == 0.1
+        start = trainer.evaluate()["eval/reward_mean"]
+        trainer.train()
+        after = adapter.trainable_denoiser.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)  # the model is bit-identical
+        assert 0.2 < trainer.algorithm.shift.item() <= 1.0  # three Adam steps of 0.1 towards 1
+        assert trainer.evaluate()["eval/reward_mean"] != start  # evaluation samples through the algorithm
+        saved = load_file(str(tmp_path / "run" / "final" / "shift.safetensors"))
+        assert saved["mu"].item() == pytest.approx(trainer.algorithm.shift.item())
+    finally:
+        ALGORITHMS._factories.pop("test_noise_shift", None)
+
+
+def test_awm_refuses_off_policy_settings(tiny_model):
+    from diffalign.config import load_config
+    from diffalign.training.algorithms import ALGORITHMS
+
+    for key in ("train.inner_epochs=2", "train.updates_per_epoch=2"):
+        config = load_config(base_config("awm", tiny_model("sd15")), [key])
+        with pytest.raises(ConfigError, match="on-policy"):
+            ALGORITHMS.get("awm")(config)
