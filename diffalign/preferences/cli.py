@@ -118,8 +118,10 @@ def _check(args: argparse.Namespace) -> list[str]:
     except ValueError as err:
         problems.append(str(err))
     if args.prefs_command == "build":
+        model = args.model if args.model is not None or args.run else args._default_model  # --run: its model.source
         try:
-            model_source(args.model)
+            if model is not None:
+                model_source(model)
         except UserError as err:
             problems.append(str(err))
     if args.batch_size is not None and args.batch_size < 1:
