@@ -70,6 +70,16 @@ def slice_cond(cond: dict[str, Any], index) -> dict[str, Any]:
     }
 
 
+def check_encode_input(media: torch.Tensor, modality: str) -> None:
+    """``encode``'s input check: :func:`diffalign.media.check_media`, raised as an :class:`AdapterError`."""
+    from diffalign.media import MediaError, check_media
+
+    try:
+        check_media(media, modality)
+    except MediaError as err:
+        raise AdapterError(f"encode: {err}") from None
+
+
 def negative_prompt_list(negative_prompts: Sequence[str] | str | None, batch: int) -> list[str] | None:
     """``None``, one string for every sample, or one string per sample -> a list of ``batch`` strings."""
     if negative_prompts is None:

@@ -21,10 +21,9 @@ from typing import Any, Sequence
 
 import torch
 
-from diffalign.media import check_media
 from diffalign.rollout import Rollout
 
-from .base import AdapterError, Conditioning, Generator
+from .base import AdapterError, Conditioning, Generator, check_encode_input
 from .samplers import StepOutput, flow_sde_step
 
 
@@ -264,7 +263,7 @@ def kl_vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
 
 def kl_vae_encode(vae, images: torch.Tensor, generator: Generator = None) -> torch.Tensor:
     """Inverse of :func:`kl_vae_decode`: posterior mean (or a posterior sample with ``generator``)."""
-    check_media(images, "image")
+    check_encode_input(images, "image")
     config = vae.config
     posterior = vae.encode((images * 2 - 1).to(vae.device, vae.dtype)).latent_dist
     z = posterior.sample(generator) if generator is not None else posterior.mode()

@@ -15,9 +15,7 @@ from typing import Any, Sequence
 
 import torch
 
-from diffalign.media import check_media
-
-from .base import AdapterError, Conditioning, Generator, PipelineAdapter, negative_prompt_list, register_adapter
+from .base import AdapterError, Conditioning, Generator, PipelineAdapter, check_encode_input, negative_prompt_list, register_adapter
 from .flow import FlowMatchingProcess
 
 
@@ -106,7 +104,7 @@ class WanAdapter(FlowMatchingProcess, PipelineAdapter):
         return (video.float() * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 1, 3, 4)
 
     def encode(self, media: torch.Tensor, generator: Generator = None) -> torch.Tensor:
-        check_media(media, "video")
+        check_encode_input(media, "video")
         vae = self.pipe.vae
         video = (media * 2 - 1).permute(0, 2, 1, 3, 4).to(vae.device, vae.dtype)
         posterior = vae.encode(video).latent_dist
