@@ -35,6 +35,34 @@ DEMO_SETTINGS: dict[str, tuple[str, int]] = {
     "ddpo": ("shapes-sd", 30),
 }
 DEFAULT_ALGORITHM = "awm"
+#: preference trainers: (shipped model, epochs) as above, and the data each builds under OUT/data first
+DEMO_SETTINGS.update({"seppo": ("shapes-sd", 20), "dro": ("shapes-sd", 20)})
+
+
+def _winners_data(folder: Path, model: str, seed: int) -> str:
+    """``prefs build`` with the judge: the best of 4 samples of 64 captions (SePPO's winners)."""
+    from diffalign import scorers
+    from diffalign.pipelines import load
+    from diffalign.preferences.build import build_preferences
+    from diffalign.training.prompts import derive_seed, prompt_source
+
+    prompts = prompt_source("shapes").draw(64, derive_seed(seed, "demo-data"))
+    build_preferences(load(model), prompts, scorers.load("shapes", mode="fraction"), folder, images_per_prompt=4,
+                      steps=10, guidance_scale=1.0, seed=seed, batch_size=16)
+    return str(folder / "winners.jsonl")
+
+
+def _expert_data(folder: Path, model: str, seed: int) -> str:
+    """``prefs experts``: the rendered ground truth of 256 captions (DRO's exact experts)."""
+    from diffalign.preferences.build import shapes_experts
+    from diffalign.training.prompts import derive_seed, prompt_source
+
+    shapes_experts(prompt_source("shapes").draw(256, derive_seed(seed, "demo-data")), folder, seed=seed)
+    return str(folder / "experts.jsonl")
+
+
+#: algorithm -> writes its training data under a folder and returns data.source
+DEMO_DATA = {"seppo": _winners_data, "dro": _expert_data}
 
 
 @dataclass
@@ -130,6 +158,9 @@ def run_demo(
         raise FileExistsError(f"{out} already holds a demo run; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
 
+    if algorithm in DEMO_DATA:
+        log(f"[0/4] building {algorithm}'s training data")
+        overrides = [f"data.source={DEMO_DATA[algorithm](out / 'data', model, seed)}", *overrides]
     log(f"[1/4] loading {model}")
     adapter = load(model)
     trainer = Trainer(
@@ -179,7 +210,7 @@ def run_demo(
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--algorithm", choices=sorted(DEMO_SETTINGS), default=DEFAULT_ALGORITHM,
-                        help=f"online RL algorithm (default {DEFAULT_ALGORITHM}); each uses its *_shapes recipe")
+                        help=f"algorithm (default {DEFAULT_ALGORITHM}); each uses its *_shapes recipe")
     parser.add_argument("--model", default=None, help="ShapesWorld model: shipped name or folder (default: the recipe's)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: what fits a few CPU minutes)")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default runs/demo-TIME)")
