@@ -306,3 +306,19 @@ def test_sample_per_sample_timesteps_and_predictions(tiny_model):
         adapter.sample(prompts, steps=4, latents=latents, timesteps=rows[:, :3])
     with pytest.raises(AdapterError, match="per-sample timesteps"):
         load(str(tiny_model("sd3"))).sample(prompts, steps=4, timesteps=rows)
+
+
+# ------------------------------------------------------------------------------------------- ShapesWorld
+#: recipe -> (data of the shared session build, overrides): CI-sized runs of the shipped recipes
+SHAPES_RISE = {"seppo_shapes": ("winners", []), "dro_shapes": ("experts", [])}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", list(SHAPES_RISE))
+def test_shapes_recipe_raises_held_out_judge_score(tmp_path, recipe, shapes_rise):
+    """ShapesWorld: SePPO on the judge's winners, DRO on the rendered ground truth, raise the judge's score on
+    256 held-out prompts (the paired two-seed test of ``tests/shapes_rise.py``)."""
+    kind, overrides = SHAPES_RISE[recipe]
+    source = (shapes_rise.preference_data() / "winners.jsonl" if kind == "winners"
+              else shapes_rise.expert_data() / "experts.jsonl")
+    shapes_rise.assert_rises(recipe, [f"data.source={source}", *overrides], tmp_path)
