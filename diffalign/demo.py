@@ -37,27 +37,29 @@ DEMO_SETTINGS: dict[str, tuple[str, int]] = {
 DEFAULT_ALGORITHM = "awm"
 #: preference trainers: (shipped model, epochs) as above, and the data each builds under OUT/data first
 DEMO_SETTINGS.update({"seppo": ("shapes-sd", 20), "dro": ("shapes-sd", 20)})
+#: captions of the preference trainers' demo data (SePPO: 4 judged samples each; DRO: one rendered expert each)
+DEMO_DATA_PROMPTS = {"seppo": 64, "dro": 256}
 
 
 def _winners_data(folder: Path, model: str, seed: int) -> str:
-    """``prefs build`` with the judge: the best of 4 samples of 64 captions (SePPO's winners)."""
+    """``prefs build`` with the judge: the best of 4 samples of each caption (SePPO's winners)."""
     from diffalign import scorers
     from diffalign.pipelines import load
     from diffalign.preferences.build import build_preferences
     from diffalign.training.prompts import derive_seed, prompt_source
 
-    prompts = prompt_source("shapes").draw(64, derive_seed(seed, "demo-data"))
+    prompts = prompt_source("shapes").draw(DEMO_DATA_PROMPTS["seppo"], derive_seed(seed, "demo-data"))
     build_preferences(load(model), prompts, scorers.load("shapes", mode="fraction"), folder, images_per_prompt=4,
                       steps=10, guidance_scale=1.0, seed=seed, batch_size=16)
     return str(folder / "winners.jsonl")
 
 
 def _expert_data(folder: Path, model: str, seed: int) -> str:
-    """``prefs experts``: the rendered ground truth of 256 captions (DRO's exact experts)."""
+    """``prefs experts``: the rendered ground truth of each caption (DRO's exact experts)."""
     from diffalign.preferences.build import shapes_experts
     from diffalign.training.prompts import derive_seed, prompt_source
 
-    shapes_experts(prompt_source("shapes").draw(256, derive_seed(seed, "demo-data")), folder, seed=seed)
+    shapes_experts(prompt_source("shapes").draw(DEMO_DATA_PROMPTS["dro"], derive_seed(seed, "demo-data")), folder, seed=seed)
     return str(folder / "experts.jsonl")
 
 

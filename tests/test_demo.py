@@ -83,8 +83,11 @@ def test_demo_after_differs_from_before(tmp_path, tiny_shapes_models):
 
 
 @pytest.mark.parametrize("algorithm", ["seppo", "dro"])
-def test_demo_preference_trainers_build_their_data(tmp_path, tiny_shapes_models, algorithm):
+def test_demo_preference_trainers_build_their_data(tmp_path, tiny_shapes_models, algorithm, monkeypatch):
+    from diffalign import demo
     from diffalign.demo import run_demo
+
+    monkeypatch.setitem(demo.DEMO_DATA_PROMPTS, algorithm, 8)
 
     small = ["data.examples_per_epoch=4", "train.batch_size=4", "seppo.sample_steps=2", "dro.sample_steps=2",
              "dro.buffer_size=4"]

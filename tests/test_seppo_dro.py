@@ -310,7 +310,7 @@ def test_sample_per_sample_timesteps_and_predictions(tiny_model):
 
 # ------------------------------------------------------------------------------------------- ShapesWorld
 #: recipe -> (data of the shared session build, overrides): CI-sized runs of the shipped recipes
-SHAPES_RISE = {"seppo_shapes": ("winners", []), "dro_shapes": ("experts", [])}
+SHAPES_RISE = {"seppo_shapes": ("winners", ["run.epochs=10"]), "dro_shapes": ("experts", ["run.epochs=10"])}
 
 
 @pytest.mark.slow
