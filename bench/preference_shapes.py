@@ -94,7 +94,7 @@ def memory_note() -> list[str]:
         "| algorithm | full fine-tune | LoRA (snapshots are adapters; the reference is the base with adapters off) |",
         "|---|---|---|",
         f"| DPO | trainable + frozen reference = {2 * full / 1e9:.2f}B | {full / 1e9:.2f}B + {lora / 1e6:.2f}M |",
-        f"| SePPO (K = 7 pool) | trainable + 7 pool snapshots = {8 * full / 1e9:.2f}B | "
+        f"| SePPO (K = 7 pool) | trainable + frozen base copy + 7 pool snapshots = {9 * full / 1e9:.2f}B | "
         f"{full / 1e9:.2f}B + 8 x {lora / 1e6:.2f}M |",
         f"| DRO | trainable + reference + lagged sampler = {3 * full / 1e9:.2f}B | {full / 1e9:.2f}B + 2 x {lora / 1e6:.2f}M |",
         "",
