@@ -39,10 +39,27 @@ DEMO_SETTINGS: dict[str, tuple[str, int]] = {
     "smpo": ("shapes-sd", 20),
 }
 #: preference algorithm -> the manifest of ``diffalign prefs build`` it trains on
-PREFERENCE_DATA = {"dpo": "pairs.jsonl", "kto": "labels.jsonl", "smpo": "pairs.jsonl"}
+PREFERENCE_DATA = {"dpo": "pairs.jsonl", "kto": "labels.jsonl", "smpo": "pairs.jsonl", "seppo": "winners.jsonl"}
 #: the demo's preference data: prompts, samples per prompt, sampler steps (no CFG, as the recipes evaluate)
 PREFERENCE_PROMPTS, PREFERENCE_IMAGES, PREFERENCE_STEPS = 192, 4, 10
 DEFAULT_ALGORITHM = "awm"
+#: preference trainers: (shipped model, epochs) as above, and the data each builds under OUT/data first
+DEMO_SETTINGS.update({"seppo": ("shapes-sd", 20), "dro": ("shapes-sd", 20)})
+#: captions of DRO's demo data (one rendered expert each)
+DEMO_DATA_PROMPTS = {"dro": 256}
+
+
+def _expert_data(folder: Path, model: str, seed: int) -> str:
+    """``prefs experts``: the rendered ground truth of each caption (DRO's exact experts)."""
+    from diffalign.preferences.build import shapes_experts
+    from diffalign.training.prompts import derive_seed, prompt_source
+
+    shapes_experts(prompt_source("shapes").draw(DEMO_DATA_PROMPTS["dro"], derive_seed(seed, "demo-data")), folder, seed=seed)
+    return str(folder / "experts.jsonl")
+
+
+#: algorithm -> writes its training data (not built from the model's samples) under a folder, returns data.source
+DEMO_DATA = {"dro": _expert_data}
 
 
 @dataclass
@@ -119,6 +136,9 @@ def run_demo(
     config = load_config(recipe, train_overrides)  # a bad --set fails before the model loads
     out.mkdir(parents=True, exist_ok=True)
 
+    if algorithm in DEMO_DATA:
+        log(f"[0/4] building {algorithm}'s training data")
+        train_overrides.append(f"data.source={DEMO_DATA[algorithm](out / 'data', model, seed)}")
     log(f"[1/4] loading {model}")
     adapter = load(model)
     preference_data = None
@@ -184,8 +204,9 @@ def build_shapes_preference_data(adapter, folder: Path, algorithm: str, prompts:
                                 images_per_prompt=PREFERENCE_IMAGES, steps=PREFERENCE_STEPS, guidance_scale=1.0,
                                 seed=seed, progress=progress, pairing="every")
     kind = PREFERENCE_DATA[algorithm]
-    what = (f"{summary['pairs']} pairs (every two samples of a caption with different scores)" if kind == "pairs"
-            else f"{summary['labels']} labelled images ({summary['desirable']} desirable)")
+    what = {"pairs.jsonl": f"{summary['pairs']} pairs (every two samples of a caption with different scores)",
+            "labels.jsonl": f"{summary['labels']} labelled images ({summary['desirable']} desirable)",
+            "winners.jsonl": f"{summary['winners']} winners (the best sample of each caption)"}[kind]
     return folder / kind, f"{what} of {prompts} prompts x {PREFERENCE_IMAGES} samples, scored by {judge}"
 
 

@@ -122,6 +122,8 @@ class PipelineAdapter(ABC):
     lora_target_modules: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0")
     #: True when guidance is a model input (FLUX-dev) instead of a two-branch CFG mix
     distilled_guidance: ClassVar[bool] = False
+    #: ``sample(timesteps=...)`` (a schedule per sample) is supported: the DDIM families
+    per_sample_timesteps: ClassVar[bool] = False
 
     def __init__(self, pipe, device: torch.device | str | None = None):
         self.pipe = pipe
@@ -322,6 +324,8 @@ class PipelineAdapter(ABC):
         with_grad: bool = False,
         progress: bool = False,
         sde_window: tuple[int, int] | None = None,
+        return_predictions: bool = False,
+        timesteps: torch.Tensor | None = None,
         **schedule_options,
     ) -> Rollout:
         """Sample a batch and record the whole trajectory.
@@ -332,6 +336,13 @@ class PipelineAdapter(ABC):
         ``stochastic``). ``sde_window=(start, end)`` makes only the steps ``start <= i < end`` stochastic
         (Flow-GRPO-Fast, MixGRPO): the others take the deterministic step and record log-prob 0, so all the
         sample-to-sample variation comes from the window's noise (and the initial latents).
+
+        Opt-in extras (Diffusion-DRO's replay buffer): ``return_predictions=True`` keeps each step's own
+        model output (after guidance) as ``extras["predictions"]`` (``B×S×L``); ``timesteps`` (``B×S``
+        integer model timesteps, strictly decreasing per row; DDIM families only, no log-probs) gives every
+        sample its own schedule, step ``i`` going from ``timesteps[:, i]`` to ``timesteps[:, i+1]`` (the last
+        to the final ᾱ), kept as ``extras["sample_timesteps"]`` (``rollout.timesteps`` stays the shared
+        schedule). Without them the rollout carries neither.
         """
         prompts = self._check_prompts(prompts)
         steps = self._check_steps(steps)
@@ -360,6 +371,8 @@ class PipelineAdapter(ABC):
         elif latents.shape[0] != batch:
             raise AdapterError(f"latents batch {latents.shape[0]} does not match {batch} prompts")
         schedule = self._schedule(steps, latents=latents, **schedule_options)
+        if timesteps is not None:
+            schedule["sample_timesteps"] = self._check_sample_timesteps(timesteps, batch, steps, log_probs)
         sampler = {
             "stochastic": stochastic,
             "eta": eta if stochastic else 0.0,
@@ -373,6 +386,7 @@ class PipelineAdapter(ABC):
             sampler["sde_window"] = [start, end]
         trajectory = [latents]
         step_log_probs = []
+        predictions = []
         x = latents
         grad_context = contextlib.nullcontext() if with_grad else torch.no_grad()
         iterator = range(steps)
@@ -382,15 +396,22 @@ class PipelineAdapter(ABC):
             iterator = tqdm(iterator, desc="sampling", leave=False)
         with grad_context:
             for index in iterator:
-                t = schedule["timesteps"][index]
+                t = schedule["sample_timesteps"][:, index] if timesteps is not None else schedule["timesteps"][index]
                 out = self.predict(x, t, conditioning, guidance_scale)
                 step = self._step(out, index, x, schedule, _sampler_at(sampler, index), generator=generator)
                 x = step.prev_sample.to(latents.dtype)
                 trajectory.append(x)
+                if return_predictions:
+                    predictions.append(out.to(latents.dtype))
                 if log_probs:
                     step_log_probs.append(step.log_prob if step.log_prob is not None
                                           else torch.zeros(batch, device=x.device))
             media = self.decode(x) if decode else None
+        extras: dict[str, Any] = {}
+        if return_predictions:
+            extras["predictions"] = torch.stack(predictions, dim=1)
+        if timesteps is not None:
+            extras["sample_timesteps"] = schedule["sample_timesteps"]
         return Rollout(
             prompts=prompts,
             latents=torch.stack(trajectory, dim=1),
@@ -400,7 +421,20 @@ class PipelineAdapter(ABC):
             sampler=sampler,
             log_probs=torch.stack(step_log_probs, dim=1) if log_probs else None,
             media=media,
+            extras=extras,
         )
+
+    def _check_sample_timesteps(self, timesteps: torch.Tensor, batch: int, steps: int, log_probs: bool) -> torch.Tensor:
+        if not self.per_sample_timesteps:
+            raise AdapterError(f"{type(self).__name__} does not take per-sample timesteps (DDIM families only)")
+        if log_probs:
+            raise AdapterError("per-sample timesteps need log_probs=False: step_log_prob re-scores the shared schedule")
+        timesteps = torch.as_tensor(timesteps)
+        if timesteps.is_floating_point() or tuple(timesteps.shape) != (batch, steps):
+            raise AdapterError(f"timesteps must be a {batch}x{steps} integer tensor, got {tuple(timesteps.shape)} {timesteps.dtype}")
+        if steps > 1 and not (timesteps[:, 1:] < timesteps[:, :-1]).all():
+            raise AdapterError("per-sample timesteps must decrease strictly along each row")
+        return timesteps.to(self.device)
 
     def step_log_prob(
         self, rollout: Rollout, step: int | torch.Tensor, cfg_grad: str = "both", return_mean: bool = False

@@ -30,6 +30,7 @@ class DiffusionProcess:
 
     #: scheduler class name the sampler math reproduces (diffusers.<name>)
     ddim_scheduler_class: ClassVar[str] = "DDIMScheduler"
+    per_sample_timesteps: ClassVar[bool] = True
 
     def __init__(self, pipe, device: torch.device | str | None = None):
         super().__init__(pipe, device=device)
@@ -71,6 +72,28 @@ class DiffusionProcess:
         a_prev = torch.where(prev >= 0, alphas[prev.clamp(min=0)], final)
         return alphas[t].to(self.device), a_prev.to(self.device)
 
+    def _per_sample_alpha_pair(self, timesteps: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(ᾱ_t, ᾱ_next)`` ``[B]`` for column ``index`` of a ``B×S`` per-sample schedule (the last column
+        steps to the final ᾱ)."""
+        alphas = self.scheduler.alphas_cumprod.float().cpu()
+        t = timesteps[:, index].long().cpu()
+        a_t = self._alphas_at(t)
+        if index + 1 < timesteps.shape[1]:
+            a_prev = alphas[timesteps[:, index + 1].long().cpu()]
+        else:
+            final = torch.as_tensor(self.scheduler.final_alpha_cumprod, dtype=torch.float32).cpu()
+            a_prev = final.expand(t.shape[0])
+        return a_t, a_prev.to(self.device)
+
+    def stride_perturbed_timesteps(self, steps: int, generators: list[torch.Generator]) -> torch.Tensor:
+        """Diffusion-DRO's sample-wise schedule: each sample's timestep ``i`` drawn uniformly from the
+        ``T/steps`` training timesteps ending at the shared schedule's ``t_i``, i.e. ``t_i - u``,
+        ``u ~ U{0, ..., T/steps - 1}`` (one generator per sample); rows stay strictly decreasing. ``B×S``."""
+        base = self._schedule(self._check_steps(steps))["timesteps"].cpu().long()
+        stride = self.num_train_timesteps // steps
+        offsets = torch.stack([torch.randint(0, stride, (steps,), generator=g) for g in generators])
+        return (base[None] - offsets).clamp(min=0).to(self.device)
+
     def _schedule(self, steps: int, latents: torch.Tensor | None = None, **options) -> dict[str, torch.Tensor]:
         if options:
             raise AdapterError(f"unknown sampling options for a DDIM sampler: {sorted(options)}")
@@ -82,7 +105,10 @@ class DiffusionProcess:
         sampler: dict[str, Any], generator: Generator = None, prev_sample: torch.Tensor | None = None,
     ) -> StepOutput:
         timesteps = schedule["timesteps"]
-        a_t, a_prev = self._alpha_pair(timesteps[index], int(sampler.get("steps") or len(timesteps)))
+        if "sample_timesteps" in schedule:  # a schedule per sample: from column index to column index + 1
+            a_t, a_prev = self._per_sample_alpha_pair(schedule["sample_timesteps"], int(index))
+        else:
+            a_t, a_prev = self._alpha_pair(timesteps[index], int(sampler.get("steps") or len(timesteps)))
         config = self.scheduler.config
         return ddim_step(
             model_output, sample, a_t, a_prev,

@@ -31,12 +31,13 @@ def require_shapes_sd() -> None:
 
 
 class ShapesRise:
-    """Lazily computed, shared once per session: ``start()`` and ``preference_data()``."""
+    """Lazily computed, shared once per session: ``start()``, ``preference_data()`` and ``expert_data()``."""
 
     def __init__(self, folder: Path):
         self.folder = folder
         self._start: torch.Tensor | None = None
         self._data: Path | None = None
+        self._experts: Path | None = None
 
     def start(self) -> torch.Tensor:
         """Per-prompt held-out judge scores of the untrained shapes-sd (a fresh LoRA is zero)."""
@@ -74,6 +75,22 @@ class ShapesRise:
                                       seed=0, batch_size=16, pairing="every")
             self._data = folder
         return self._data
+
+    def expert_data(self) -> Path:
+        """``diffalign prefs experts`` on the preference prompts: each caption's rendered ground truth."""
+        if self._experts is None:
+            from filelock import FileLock
+
+            folder = self.folder / "experts"
+            with FileLock(str(folder) + ".lock"):
+                if not (folder / "experts.jsonl").exists():
+                    from diffalign.preferences.build import shapes_experts
+                    from diffalign.training.prompts import derive_seed, prompt_source
+
+                    shapes_experts(prompt_source("shapes").draw(PREFERENCE_PROMPTS, derive_seed(0, "preference-data")),
+                                   folder, seed=0)
+            self._experts = folder
+        return self._experts
 
     def assert_rises(self, recipe: str, overrides: Sequence[str], run_dir: Path) -> float:
         """Train ``recipe`` on two seeds; the held-out gain averaged over seeds must exceed 0.02 and twice

@@ -93,3 +93,22 @@ def test_preference_demo_builds_data_trains_and_changes_the_model(tmp_path, tiny
     before = load_image(result.out / "before" / "grid.png")
     after = load_image(result.out / "after" / "grid.png")
     assert not torch.equal(before, after)
+
+
+@pytest.mark.parametrize("algorithm", ["seppo", "dro"])
+def test_demo_preference_trainers_build_their_data(tmp_path, tiny_shapes_models, algorithm, monkeypatch):
+    from diffalign import demo
+    from diffalign.demo import run_demo
+
+    if algorithm in demo.DEMO_DATA_PROMPTS:
+        monkeypatch.setitem(demo.DEMO_DATA_PROMPTS, algorithm, 8)
+
+    small = ["data.examples_per_epoch=4", "train.batch_size=4", "seppo.sample_steps=2", "dro.sample_steps=2",
+             "dro.buffer_size=4"]
+    result = run_demo(tmp_path / "demo", algorithm=algorithm, model=str(tiny_shapes_models / "shapes-sd"), epochs=1,
+                      prompts_per_task=1, images_per_prompt=1, overrides=[*TINY_DEMO, *small], progress=False,
+                      log=lambda *a: None, preference_prompts=8)
+    manifest = result.out / "data" / ("winners.jsonl" if algorithm == "seppo" else "experts.jsonl")
+    assert str(manifest) in (result.out / "train" / "config.toml").read_text()
+    rows = [json.loads(line) for line in (result.out / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss" in r and r["global_step"] == 1 for r in rows)

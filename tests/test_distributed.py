@@ -33,7 +33,14 @@ cases = [("ddpo", "ddpo", "sd15", {}), ("flow_grpo", "flow_grpo", "sd3", {"sampl
                                                                "same_latent": True}}),
          # Diffusion-DPO: each rank reads its slice of the same seeded draw of pairs
          ("dpo", "dpo", "sd15", {"data": {"source": paths["data"], "examples_per_epoch": 4 // world,
-                                          "prompt_dropout": 0.25}, "dpo": {"beta": 100.0}})]
+                                          "prompt_dropout": 0.25}, "dpo": {"beta": 100.0}}),
+         # SePPO: the drawn pool snapshot and each winner's reference sample must not depend on the split
+         ("seppo", "seppo", "sd15", {"data": {"source": paths["winners"], "examples_per_epoch": 4 // world},
+                                     "seppo": {"beta": 100.0, "sample_steps": 2, "pool_every": 1, "pool_size": 2}}),
+         # Diffusion-DRO: each rank's replay buffer holds its slice of every collected batch
+         ("dro", "dro", "sd15", {"data": {"source": paths["experts"], "examples_per_epoch": 4 // world,
+                                          "prompt_dropout": 0.25},
+                                 "dro": {"sample_steps": 2, "buffer_size": 8 // world, "buffer_update_steps": 1}})]
 for case, algorithm, kind, extra in cases:
     sections = {"run": {"epochs": 2, "checkpoint_every": 0},
                 "sampling": {"batch_size": 4 // world, "batches_per_epoch": 1, "group_size": 2},
@@ -64,9 +71,10 @@ def _env() -> dict[str, str]:
 def test_two_processes_match_one_process(tiny_model, tmp_path):
     script = tmp_path / "run_trainer.py"
     script.write_text(SCRIPT)
-    from tests.tiny.prefs import write_pairs
+    from tests.tiny.prefs import write_pairs, write_winners
 
     models = [f"{k}={tiny_model(k)}" for k in ("sd15", "sd3")] + [f"data={write_pairs(tmp_path / 'pairs', 16)}"]
+    models += [f"{kind}={write_winners(tmp_path / kind, 16, kind=kind)}" for kind in ("winners", "experts")]
     single, double = tmp_path / "one", tmp_path / "two"
     single.mkdir(), double.mkdir()
     subprocess.run([sys.executable, str(script), str(single), "1", *models], check=True, cwd=ROOT, env=_env(),
@@ -77,7 +85,7 @@ def test_two_processes_match_one_process(tiny_model, tmp_path):
         cwd=ROOT, env=_env(), timeout=600, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    for algorithm in ("ddpo", "flow_grpo", "awm", "flow_grpo_fast", "dpo"):
+    for algorithm in ("ddpo", "flow_grpo", "awm", "flow_grpo_fast", "dpo", "seppo", "dro"):
         one = load_file(str(single / f"{algorithm}.safetensors"))
         two = load_file(str(double / f"{algorithm}.safetensors"))
         assert one.keys() == two.keys()

@@ -44,3 +44,16 @@ def write_labels(folder: Path, size: int, count: int = 8, *, seed: int = 0) -> P
     path = folder / "labels.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def write_winners(folder: Path, size: int, count: int = 8, *, kind: str = "winners", frames: int | None = None,
+                  seed: int = 0) -> Path:
+    """``{kind}.jsonl`` (winners or experts): ``count`` random images (videos with ``frames``) with prompts."""
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    suffix = ".png" if frames is None else ".mp4"
+    rows = [{"prompt": f"a green triangle number {i}", "media": _save(_media(gen, size, frames), folder / f"m{i}{suffix}")}
+            for i in range(count)]
+    path = folder / f"{kind}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

@@ -3,13 +3,17 @@ from .base import ALGORITHMS, Algorithm, clipped_policy_loss, register_algorithm
 from .awm import AWM, AWMConfig
 from .ddpo import DDPO, DDPOConfig
 from .dpo import DiffusionDPO, DPOConfig
+from .dro import DRO, DROConfig
 from .flow_grpo import FlowGRPO, FlowGRPOConfig
 from .kto import DiffusionKTO, KTOConfig
+from .pool import CheckpointPool
 from .preference import PreferenceAlgorithm
+from .seppo import SePPO, SePPOConfig
 from .smpo import SmPO, SmPOConfig
 
 __all__ = [
-    "ALGORITHMS", "AWM", "AWMConfig", "Algorithm", "DDPO", "DDPOConfig", "DPOConfig", "DiffusionDPO",
-    "DiffusionKTO", "FlowGRPO", "FlowGRPOConfig", "KTOConfig", "PreferenceAlgorithm", "SmPO", "SmPOConfig",
+    "ALGORITHMS", "AWM", "AWMConfig", "Algorithm", "CheckpointPool", "DDPO", "DDPOConfig", "DPOConfig", "DRO",
+    "DROConfig", "DiffusionDPO", "DiffusionKTO", "FlowGRPO", "FlowGRPOConfig", "KTOConfig", "PreferenceAlgorithm",
+    "SePPO", "SePPOConfig", "SmPO", "SmPOConfig",
     "clipped_policy_loss", "register_algorithm",
 ]

@@ -99,17 +99,20 @@ def denoising_errors(
     *,
     x_t: torch.Tensor | None = None,
     reference: str | None = "base",
+    target: torch.Tensor | None = None,
 ) -> DenoisingErrors:
     """Policy and reference denoising errors on the same ``x_t``, ``t`` and noise.
 
     ``x_t = add_noise(x0, noise, t)`` unless given (SmPO's inverted ``x_t``, whose noise is then
-    :meth:`implied_noise`); target ``training_target(x0, noise, t)``. ``reference``: ``"base"`` (the frozen
+    :meth:`implied_noise`); target ``training_target(x0, noise, t)`` unless given (Diffusion-DRO's policy branch
+    regresses onto the sampler's own prediction). ``reference``: ``"base"`` (the frozen
     model, :meth:`reference`), a snapshot name (:meth:`snapshot`), or ``None`` (policy only). No CFG:
     conditioning's ``uncond`` is ignored.
     """
     if x_t is None:
         x_t = adapter.add_noise(x0, noise, t)
-    target = adapter.training_target(x0, noise, t)
+    if target is None:
+        target = adapter.training_target(x0, noise, t)
     cond = {"cond": conditioning["cond"], "uncond": None}
     prediction = adapter.predict(x_t, t, cond, guidance_scale=1.0)
     policy = mean_over_sample((prediction.double() - target.double()) ** 2)
