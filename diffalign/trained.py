@@ -34,6 +34,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from diffalign.errors import UserError
+
 from diffalign.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -64,7 +66,7 @@ NON_DENOISER_LOADERS: Registry[Callable[..., None]] = Registry("non-denoiser tra
 _LORA_KEY = re.compile(r"^(?P<component>[^.]+)\.(?P<module>.+?)\.(?P<kind>lora_A|lora_B|lora\.down|lora\.up)(\.[^.]+)?\.weight$")
 
 
-class TrainedModelError(ValueError):
+class TrainedModelError(UserError):
     """Trained weights that are missing or do not fit the model; the message names the folder and the mismatch."""
 
 

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from diffalign.assets_path import asset_path
+from diffalign.errors import UserError
 
 VIDEOS_PER_PROMPT = 5
 VIDEO_SUFFIX = ".mp4"
 
 
-class VBenchError(ValueError):
+class VBenchError(UserError):
     """Bad VBench input (prompt file, video folder, options); the message names the problem."""
 
 
