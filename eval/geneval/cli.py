@@ -70,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"diffalign eval: {message}", file=sys.stderr)
         return 2
 
-    if (args.model is None) == (args.images is None):
-        return fail("geneval needs exactly one of --model (generate and score) or --images DIR (score a folder)")
+    if (args.model is None and args.run is None) == (args.images is None):
+        return fail("geneval needs exactly one of --model / --run (generate and score) or --images DIR (score a folder)")
     if args.no_images:
         return fail("geneval scores the PNG files it writes; --no-images does not apply")
     from diffalign.eval.cli import check_arguments
@@ -87,7 +87,15 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(err))
     detector = functools.partial(Mask2FormerDetector, args.detector, device=args.scoring_device, scale=tuple(args.detector_scale))
     colours = functools.partial(CLIPColorClassifier, args.clip_model, args.clip_pretrained, device=args.scoring_device, **colour_options)
-    name = args.model if args.model is not None else args.images.resolve().name
+    model = args.model
+    if args.images is None and model is None:  # --run alone: its base model (files only, nothing loads)
+        from diffalign.trained import resolve_from_args
+
+        try:
+            model = resolve_from_args(args)[0]
+        except ValueError as err:
+            return fail(str(err))
+    name = (Path(args.run).name if args.run else model) if args.images is None else args.images.resolve().name
     out = args.out or Path("runs") / f"eval-geneval-{re.sub(r'[^A-Za-z0-9._-]+', '_', str(name))}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         if args.images is not None:
@@ -97,8 +105,8 @@ def run(args: argparse.Namespace) -> int:
             try:
                 sampler = load_sampler(args)
             except (OSError, ValueError) as err:
-                return fail(f"cannot load model {args.model!r}: {err}")
-            defaults = model_sampling_defaults(args.model)
+                return fail(f"cannot load model {model!r}: {err}")
+            defaults = model_sampling_defaults(model)
             protocol = SamplingProtocol(
                 images_per_prompt=args.images_per_prompt,
                 steps=args.steps if args.steps is not None else defaults.get("num_inference_steps", STEPS),
@@ -107,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size,
             )
             summary = run_geneval(sampler, out, protocol=protocol, prompts=args.prompts, max_prompts_per_task=args.max_prompts_per_task,
-                                  detector=detector, color_classifier=colours, options=options, model_name=args.model,
+                                  detector=detector, color_classifier=colours, options=options, model_name=str(name),
                                   resume=args.resume, progress=not args.no_progress, scoring_batch_size=args.scoring_batch_size)
     except BenchmarkError as err:
         return fail(str(err))

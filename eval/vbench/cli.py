@@ -45,13 +45,13 @@ def run(args: argparse.Namespace) -> int:
     from .runner import check_dimensions, evaluate_videos, generate_videos
     from .suite import VBenchError, first_prompts, load_suite
 
-    if (args.videos is None) == (args.model is None):
-        return _fail("vbench needs exactly one of --videos DIR or --model NAME")
+    if (args.videos is None) == (args.model is None and args.run is None):
+        return _fail("vbench needs exactly one of --videos DIR or --model NAME / --run RUN_DIR")
     for flag in ("videos_per_prompt", "max_prompts", "height", "width", "num_frames"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
             return _fail(f"--{flag.replace('_', '-')} must be positive, got {value}")
-    source = args.model or args.videos.name
+    source = args.model or (Path(args.run).name if args.run else args.videos.name)
     out = args.out or Path("runs") / f"eval-vbench-{re.sub(r'[^A-Za-z0-9._-]+', '_', str(source))}-{time.strftime('%Y%m%d-%H%M%S')}"
     if (Path(out) / "results.jsonl").exists() and not args.resume:
         return _fail(f"{Path(out) / 'results.jsonl'} exists: pass --resume to continue that run, or choose another folder")
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 sampler = load_sampler(args)
             except (OSError, ValueError) as err:
-                return _fail(f"cannot load model {args.model!r}: {err}")
+                return _fail(f"cannot load model {source!r}: {err}")
             videos = generate_videos(
                 sampler, Path(out) / "videos", dimensions, full_suite, args.videos_per_prompt, max_prompts=args.max_prompts,
                 steps=args.steps or DEFAULT_STEPS, guidance_scale=args.guidance_scale or DEFAULT_GUIDANCE,
