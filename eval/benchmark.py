@@ -160,7 +160,8 @@ def write_prompt_suite(metadata: Iterable[Mapping[str, Any]], path: str | Path) 
     return path
 
 
-def _media_of(result: Any) -> torch.Tensor:
+def media_of(result: Any) -> torch.Tensor:
+    """A sampler's result (a rollout or a tensor) as images on CPU in [0, 1]; BenchmarkError otherwise."""
     media = getattr(result, "media", result)
     if not isinstance(media, torch.Tensor):
         raise BenchmarkError(f"the sampler returned {type(result).__name__} without a .media tensor of images")
@@ -288,7 +289,7 @@ def run_benchmark(
                 generator=generators,
                 **protocol.sample_kwargs,
             )
-            media = _media_of(result)
+            media = media_of(result)
             if media.shape[0] != len(batch):
                 raise BenchmarkError(f"the sampler returned {media.shape[0]} images for {len(batch)} prompts")
             judgements = [_as_judgement(j) for j in benchmark.judge(media, [item for item, _ in batch])]

@@ -33,10 +33,10 @@ from PIL import Image, ImageOps
 
 from diffalign.assets_path import asset_path
 from diffalign.eval.benchmark import (
-    Benchmark, BenchmarkError, PromptItem, SamplingProtocol, load_prompt_suite, read_results, summarize,
+    Benchmark, BenchmarkError, PromptItem, SamplingProtocol, load_prompt_suite, media_of, read_results, summarize,
 )
 from diffalign.eval.detection import Detector
-from diffalign.media import MediaError, check_media, pil_to_tensor, save_image
+from diffalign.media import MediaError, pil_to_tensor, save_image
 
 from .rules import DEFAULT_OPTIONS, TASKS, GenEvalOptions, MetadataError, check_metadata, evaluate
 
@@ -67,14 +67,6 @@ def sample_path(images_dir: Path, prompt_index: int, sample_index: int) -> Path:
     return images_dir / f"{prompt_index:05d}" / "samples" / f"{sample_index:04d}.png"
 
 
-def _media_of(result: Any) -> torch.Tensor:
-    media = getattr(result, "media", result)
-    if not isinstance(media, torch.Tensor):
-        raise BenchmarkError(f"the sampler returned {type(result).__name__} without a .media tensor of images")
-    check_media(media, "image")
-    return media.detach().float().cpu().clamp(0, 1)
-
-
 def generate_images(
     sampler: Any,
     images_dir: str | Path,
@@ -95,7 +87,7 @@ def generate_images(
     for start in range(0, len(jobs), protocol.batch_size):
         batch = jobs[start : start + protocol.batch_size]
         generators = [torch.Generator().manual_seed(protocol.image_seed(item.index, n)) for item, n in batch]
-        media = _media_of(sampler.sample(
+        media = media_of(sampler.sample(
             [item.prompt for item, _ in batch], steps=protocol.steps, guidance_scale=protocol.guidance_scale,
             generator=generators, **protocol.sample_kwargs,
         ))
