@@ -29,9 +29,7 @@ Rows are decoded lazily: :meth:`PreferenceDataset.row` reads the media when call
 """
 from __future__ import annotations
 
-import csv
 import glob
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +37,7 @@ from typing import Any, Sequence
 
 import torch
 
-from diffalign.errors import UserError
+from diffalign.errors import UserError, read_csv, read_jsonl
 from diffalign.media import MediaError, decode_image
 
 from .batch import KINDS
@@ -365,21 +363,11 @@ def _pickapic(dataset, name: str, config: DataConfig):
 
 
 def _read_table(path: Path) -> list[dict[str, Any]]:
-    if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as handle:
-            return [dict(r) for r in csv.DictReader(handle)]
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise PreferenceDataError(f"{path}:{number}: not valid JSON ({err.msg})") from err
-        if not isinstance(row, dict):
-            raise PreferenceDataError(f"{path}:{number}: expected a JSON object per line")
-        rows.append(row)
-    return rows
+    """A manifest's rows, read by the one CSV / JSONL reader of :mod:`diffalign.errors`."""
+    try:
+        return read_csv(path, "manifest") if path.suffix.lower() == ".csv" else read_jsonl(path, "manifest")
+    except UserError as err:
+        raise PreferenceDataError(str(err)) from None
 
 
 def _open_table(path: Path, config: DataConfig):
