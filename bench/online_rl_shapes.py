@@ -59,22 +59,28 @@ def run_algorithm(algorithm: str, args: argparse.Namespace, out: Path) -> dict:
     trainer = Trainer(f"{algorithm}_shapes", overrides=overrides, run_dir=out / algorithm)
     e = trainer.config.eval
     settings = {"eval_steps": e.steps, "eval_guidance": e.guidance_scale}
-    first = trainer.evaluate(save_grid=False)
-    curve = [(0, 0.0, first["eval/reward_mean"])]
-    print(f"[{algorithm}] epoch 0: held-out reward {curve[0][2]:.4f}", flush=True)
-    train_seconds, last = 0.0, first
-    for epoch in range(1, args.epochs + 1):
-        started = time.perf_counter()
-        # one more than run: the loop's own end-of-run evaluation never lands inside the clock
-        trainer.train(epochs=args.epochs + 1, stop_after=1)
-        train_seconds += time.perf_counter() - started
-        last = trainer.evaluate(save_grid=False)
-        reward = last["eval/reward_mean"]
-        curve.append((epoch, train_seconds, reward))
-        print(f"[{algorithm}] epoch {epoch}: held-out reward {reward:.4f} after {train_seconds:.1f} s of training", flush=True)
+    curve, first, last = held_out_curve(trainer, args.epochs, algorithm)
     trainer.close()
     return {"algorithm": algorithm, "curve": curve, "gain": paired_gain(first["eval/rewards"], last["eval/rewards"]),
             **settings}
+
+
+def held_out_curve(trainer, epochs: int, label: str) -> tuple[list[tuple[int, float, float]], dict, dict]:
+    """Train ``epochs`` epochs, evaluating after each: ``[(epoch, training seconds, held-out reward)]`` from epoch 0,
+    and the first and last evaluations (with their per-prompt rewards). The clock counts training only."""
+    first = trainer.evaluate(save_grid=False)
+    curve = [(0, 0.0, first["eval/reward_mean"])]
+    print(f"[{label}] epoch 0: held-out reward {curve[0][2]:.4f}", flush=True)
+    train_seconds, last = 0.0, first
+    for epoch in range(1, epochs + 1):
+        started = time.perf_counter()
+        # one more than run: the loop's own end-of-run evaluation never lands inside the clock
+        trainer.train(epochs=epochs + 1, stop_after=1)
+        train_seconds += time.perf_counter() - started
+        last = trainer.evaluate(save_grid=False)
+        curve.append((epoch, train_seconds, last["eval/reward_mean"]))
+        print(f"[{label}] epoch {epoch}: held-out reward {curve[-1][2]:.4f} after {train_seconds:.1f} s of training", flush=True)
+    return curve, first, last
 
 
 def preference_data(args: argparse.Namespace) -> Path:

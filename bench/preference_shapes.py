@@ -21,7 +21,6 @@ import argparse
 import json
 import resource
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -29,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from online_rl_shapes import paired_gain, time_to_target  # noqa: E402
+from online_rl_shapes import held_out_curve, paired_gain, time_to_target  # noqa: E402
 
 ALGORITHMS = ("dpo", "seppo", "dro")
 #: Stable Diffusion 1.5's UNet, and a rank-4 LoRA on its attention projections (to_q, to_k, to_v, to_out.0)
@@ -68,16 +67,7 @@ def run_algorithm(algorithm: str, source: Path, args: argparse.Namespace, out: P
                  *args.set]
     rss_before = peak_rss_mib()
     trainer = Trainer(f"{algorithm}_shapes", overrides=overrides, run_dir=out / algorithm)
-    first = trainer.evaluate(save_grid=False)
-    curve = [(0, 0.0, first["eval/reward_mean"])]
-    train_seconds, last = 0.0, first
-    for epoch in range(1, args.epochs + 1):
-        started = time.perf_counter()
-        trainer.train(epochs=args.epochs + 1, stop_after=1)
-        train_seconds += time.perf_counter() - started
-        last = trainer.evaluate(save_grid=False)
-        curve.append((epoch, train_seconds, last["eval/reward_mean"]))
-        print(f"[{algorithm}] epoch {epoch}: held-out {curve[-1][2]:.4f} after {train_seconds:.1f} s", flush=True)
+    curve, first, last = held_out_curve(trainer, args.epochs, algorithm)
     snapshots = {name: sum(t.numel() for t in trainer.adapter.snapshot_weights(name).values())
                  for name in trainer.adapter.snapshot_names}
     trainer.close()
