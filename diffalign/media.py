@@ -143,18 +143,45 @@ def save_image(image: torch.Tensor, path: str | Path) -> Path:
     return path
 
 
-def save_video(video: torch.Tensor, path: str | Path, fps: int = 8) -> Path:
-    """Write one ``T×3×H×W`` video (mp4 through imageio-ffmpeg, or gif)."""
+def save_video(video: torch.Tensor, path: str | Path, fps: int = 8, nrow: int | None = None, scale: int = 1) -> Path:
+    """Write one ``T×3×H×W`` video, or a grid of ``B×T×3×H×W`` videos (``nrow`` per row, tiled frame by
+    frame with :func:`make_grid`), as mp4 (imageio-ffmpeg, H.264) or gif; ``scale`` upsamples (nearest)."""
     import imageio.v3 as iio
 
+    if not isinstance(video, torch.Tensor) or video.ndim not in (4, 5):
+        raise MediaError(f"save_video takes a T×3×H×W video or B×T×3×H×W videos, got {getattr(video, 'shape', type(video).__name__)}")
+    if video.ndim == 5:
+        check_media(video, "video")
+        video = torch.stack([make_grid(video[:, t].float(), nrow=nrow) for t in range(video.shape[1])])
+    if scale > 1:
+        video = torch.nn.functional.interpolate(video.float(), scale_factor=scale, mode="nearest")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     frames = to_uint8(video).permute(0, 2, 3, 1).cpu().numpy()
     if path.suffix.lower() == ".gif":
         iio.imwrite(path, frames, duration=1000 / fps, loop=0)
     else:
+        if frames.shape[1] % 2 or frames.shape[2] % 2:  # H.264 in yuv420p needs even sides
+            frames = np.pad(frames, ((0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2), (0, 0)), mode="edge")
         iio.imwrite(path, frames, fps=fps, codec="libx264", macro_block_size=1)
     return path
+
+
+def make_frame_strip(videos: torch.Tensor, padding: int = 2, pad_value: float = 1.0) -> torch.Tensor:
+    """``B×T×3×H×W`` videos -> one ``3×H'×W'`` image: each video's frames in a row, one row per video."""
+    if isinstance(videos, torch.Tensor) and videos.ndim == 4:
+        videos = videos[None]
+    check_media(videos, "video")
+    batch, frames = videos.shape[:2]
+    return make_grid(videos.reshape(batch * frames, *videos.shape[2:]).float(), nrow=frames, padding=padding, pad_value=pad_value)
+
+
+def save_frame_strip(videos: torch.Tensor, path: str | Path, scale: int = 1) -> Path:
+    """Save :func:`make_frame_strip` as an image (PNG for quick viewing of videos), optionally upscaled."""
+    strip = make_frame_strip(videos)
+    if scale > 1:
+        strip = torch.nn.functional.interpolate(strip[None], scale_factor=scale, mode="nearest")[0]
+    return save_image(strip, path)
 
 
 def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2, pad_value: float = 1.0) -> torch.Tensor:
