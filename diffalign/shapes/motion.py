@@ -132,7 +132,7 @@ def _task_of(rows: Sequence[Mapping[str, Any]]) -> str:
         return "two_moving" if all(r["motion"] != "still" for r in rows) else "moving_and_still"
     if rows[0]["motion"] == "still":
         return "still"
-    return "colored_motion" if "color" in rows[0] else "moving"
+    return "colored_motion" if rows[0].get("color") else "moving"
 
 
 def _phrase_pattern() -> re.Pattern[str]:

@@ -164,11 +164,13 @@ def _assign(objects: Sequence[Mapping[str, Any]], tracks: Sequence[Track]) -> li
     return [candidates[c] if c >= 0 else None for c in (best or ())]
 
 
-def video_verdict(frame_detections: Sequence[Sequence[Detection]], metadata: str | Mapping[str, Any], width: int) -> Verdict:
-    """The verdict for one clip's per-frame detections against a caption or motion metadata."""
+def video_verdict(frame_detections: Sequence[Sequence[Detection]], metadata: str | Mapping[str, Any], width: int,
+                  tracks: Sequence[Track] | None = None) -> Verdict:
+    """The verdict for one clip's per-frame detections against a caption or motion metadata
+    (``tracks``: :func:`track` of the detections, when already computed for another caption)."""
     metadata = motion.motion_metadata(metadata)
     frames = len(frame_detections)
-    tracks = track(frame_detections, width)
+    tracks = track(frame_detections, width) if tracks is None else tracks
     credits: list[dict[str, Any]] = []
     reasons: list[str] = []
     assigned = _assign(metadata["objects"], tracks) if tracks else [None] * len(metadata["objects"])
