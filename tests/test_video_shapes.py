@@ -240,6 +240,10 @@ def test_video_shapes_eval_on_ground_truth_and_noise(tmp_path):
     assert iio.imread(mp4s[0], index=None).shape[:3] == (8, 32, 32)
     assert iio.imread(tmp_path / "gt" / "grid.mp4", index=None).shape[0] == 8
     assert (tmp_path / "gt" / "frames.png").exists()
+    from diffalign.eval.compare import before_after_grid
+
+    grid = before_after_grid(tmp_path / "gt", tmp_path / "gt", tmp_path / "before_after.png", tile=32)
+    assert iio.imread(grid).shape[0] == 18 + len(motion.MOTION_TASKS) * 34  # one row per task, from the MP4s' first frames
 
     class NoiseSampler:
         def sample(self, prompts, generator=None, num_frames=8, **_):
