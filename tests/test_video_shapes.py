@@ -7,7 +7,6 @@ still) judged incorrect; the asserts leave a 1 % margin.
 from __future__ import annotations
 
 import json
-import random
 from collections import defaultdict
 
 import imageio.v3 as iio
@@ -152,8 +151,11 @@ def test_partial_credit_names_what_failed(ground_truth):
     assert VJ.judge_video(video, still).details["credits"][2]["credit"] == 0.0
 
 
-def test_judge_survives_noise_and_off_distribution_videos():
+def test_judge_survives_noise_and_off_distribution_videos(ground_truth):
     generator = torch.Generator().manual_seed(0)
+    samples, clips, _ = ground_truth
+    noisy = (clips[:100] + 0.05 * torch.randn(clips[:100].shape, generator=generator)).clamp(0, 1)
+    assert sum(v.correct for v in VJ.judge_videos(noisy, [s.caption for s in samples[:100]])) >= 97  # mild noise: still judged
     videos = {
         "black": torch.zeros(2, 8, 3, 32, 32),
         "white": torch.ones(2, 8, 3, 32, 32),
