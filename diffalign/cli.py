@@ -1,4 +1,5 @@
-"""The ``diffalign`` command line: ``train``, ``score``, ``eval``, ``demo``, ``sample``, ``prefs``, ``runs``.
+"""The ``diffalign`` command line: ``train``, ``score``, ``eval``, ``demo``, ``sample``, ``prefs``, ``runs``,
+``render-videos``.
 
 Each subcommand lives beside the code it drives, in a module exposing
 ``configure_parser(parser)`` and ``run(args) -> int``. A subcommand reports bad input by raising
@@ -22,6 +23,7 @@ SUBCOMMANDS = {
     "sample": ("diffalign.sample", "sample an image grid from a model"),
     "prefs": ("diffalign.preferences.cli", "build, relabel and select preference data (pairs, labels, winners, experts)"),
     "runs": ("diffalign.runs", "list training runs: algorithm, epochs, held-out reward, resumable"),
+    "render-videos": ("diffalign.shapes.video_dataset", "write rendered ShapesWorld-in-motion videos and captions to a folder"),
 }
 
 

@@ -33,7 +33,7 @@ from typing import Any, Iterable, Mapping, Protocol, Sequence
 import torch
 
 from diffalign.errors import MAX_STEPS, UserError, number
-from diffalign.media import MediaError, check_media, load_image, save_grid, save_image
+from diffalign.media import MediaError, check_media, load_image, load_video, save_frame_strip, save_grid, save_image, save_video
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +108,7 @@ class Benchmark:
     judge: Judge
     protocol: SamplingProtocol = field(default_factory=SamplingProtocol)
     tasks: tuple[str, ...] | None = None  # order of the summary table (default: order of appearance)
+    modality: str = "image"  # what the sampler must return: "image" (B×3×H×W) or "video" (B×T×3×H×W)
 
     def task_names(self) -> list[str]:
         seen = list(dict.fromkeys(p.tag for p in self.prompts))
@@ -160,12 +161,12 @@ def write_prompt_suite(metadata: Iterable[Mapping[str, Any]], path: str | Path) 
     return path
 
 
-def media_of(result: Any) -> torch.Tensor:
-    """A sampler's result (a rollout or a tensor) as images on CPU in [0, 1]; BenchmarkError otherwise."""
+def media_of(result: Any, modality: str = "image") -> torch.Tensor:
+    """A sampler's result (a rollout or a tensor) as images (or videos) on CPU in [0, 1]; BenchmarkError otherwise."""
     media = getattr(result, "media", result)
     if not isinstance(media, torch.Tensor):
-        raise BenchmarkError(f"the sampler returned {type(result).__name__} without a .media tensor of images")
-    check_media(media, "image")
+        raise BenchmarkError(f"the sampler returned {type(result).__name__} without a .media tensor of {modality}s")
+    check_media(media, modality)
     return media.detach().float().cpu().clamp(0, 1)
 
 
@@ -269,7 +270,7 @@ def run_benchmark(
         (item, n)
         for item in items
         for n in range(protocol.images_per_prompt)
-        if _filename(item.index, n) not in done
+        if _filename(item.index, n, benchmark.modality) not in done
     ]
     started = time.time()
     grid_images: dict[int, dict[int, torch.Tensor]] = {}
@@ -289,18 +290,18 @@ def run_benchmark(
                 generator=generators,
                 **protocol.sample_kwargs,
             )
-            media = media_of(result)
+            media = media_of(result, benchmark.modality)
             if media.shape[0] != len(batch):
-                raise BenchmarkError(f"the sampler returned {media.shape[0]} images for {len(batch)} prompts")
+                raise BenchmarkError(f"the sampler returned {media.shape[0]} {benchmark.modality}s for {len(batch)} prompts")
             judgements = [_as_judgement(j) for j in benchmark.judge(media, [item for item, _ in batch])]
             for (item, n), seed, image, judgement in zip(batch, seeds, media, judgements):
-                filename = _filename(item.index, n)
+                filename = _filename(item.index, n, benchmark.modality)
                 if save_images:
                     folder = out / "images" / f"{item.index:05d}"
                     if not (folder / "metadata.jsonl").exists():
                         folder.mkdir(parents=True, exist_ok=True)
                         (folder / "metadata.jsonl").write_text(json.dumps(item.metadata) + "\n")
-                    save_image(image, out / filename)
+                    (save_video if benchmark.modality == "video" else save_image)(image, out / filename)
                 if item.index in grid_keep:
                     grid_images.setdefault(item.index, {})[n] = image
                 row = {
@@ -322,7 +323,7 @@ def run_benchmark(
             bar.update(len(batch))
     bar.close()
 
-    wanted = {_filename(item.index, n) for item in items for n in range(protocol.images_per_prompt)}
+    wanted = {_filename(item.index, n, benchmark.modality) for item in items for n in range(protocol.images_per_prompt)}
     rows = sorted((r for f, r in done.items() if f in wanted), key=lambda r: (r["prompt_index"], r["sample_index"]))
     summary = summarize(rows, benchmark.task_names())
     summary.update(
@@ -338,18 +339,18 @@ def run_benchmark(
     (out / "summary.md").write_text(summary_markdown(summary, title))
     for index in grid_keep:  # after a resume, tiles computed earlier come back from their files
         for n in range(protocol.images_per_prompt):
-            path = out / _filename(index, n)
+            path = out / _filename(index, n, benchmark.modality)
             if n not in grid_images.get(index, {}) and path.exists():
                 try:
-                    grid_images.setdefault(index, {})[n] = load_image(path)
+                    grid_images.setdefault(index, {})[n] = load_video(path) if benchmark.modality == "video" else load_image(path)
                 except MediaError as err:
                     logger.warning("grid: %s", err)
     _save_grid(out, grid_images, protocol.images_per_prompt)
     return summary
 
 
-def _filename(prompt_index: int, sample_index: int) -> str:
-    return f"images/{prompt_index:05d}/samples/{sample_index}.png"
+def _filename(prompt_index: int, sample_index: int, modality: str = "image") -> str:
+    return f"images/{prompt_index:05d}/samples/{sample_index}.{'mp4' if modality == 'video' else 'png'}"
 
 
 def _save_grid(out: Path, grid_images: Mapping[int, Mapping[int, torch.Tensor]], per_row: int) -> None:
@@ -362,6 +363,9 @@ def _save_grid(out: Path, grid_images: Mapping[int, Mapping[int, torch.Tensor]],
         tiles.extend(row.get(n, blank) for n in range(per_row))
     images = torch.stack(tiles)
     scale = max(1, 128 // images.shape[-1])  # 32 px images are hard to see at 1:1
+    if images.ndim == 5:  # videos: the grid as a video, and every frame of every tile in a PNG strip
+        save_video(images, out / "grid.mp4", nrow=per_row, scale=scale)
+        save_frame_strip(images, out / "frames.png", scale=max(1, 64 // images.shape[-1]))
     save_grid(images, out / "grid.png", nrow=per_row, scale=scale)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 BENCHMARKS = {
     "shapes": "ShapesEval: GenEval's six tasks on ShapesWorld, judged exactly",
+    "shapes-video": "VideoShapesEval: ShapesWorld in motion (directions, still objects, two objects), judged exactly",
     "geneval": "GenEval: 553 prompts, Mask2Former + CLIP colour rules (--model or --images DIR)",
     "vbench": "VBench: the official video prompts and dimensions (--videos DIR or --model M)",
 }
@@ -44,7 +45,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=42, help="base seed; every image has its own seed derived from it")
     parser.add_argument("--batch-size", type=int, default=16, help="images per sampler call")
     parser.add_argument("--max-prompts-per-task", "--subset", dest="max_prompts_per_task", type=int, default=None, help="quick run: only the first N prompts of each task")
-    parser.add_argument("--prompts", type=Path, default=None, help="prompt suite JSONL (default: the shipped shapes_eval_v1.jsonl)")
+    parser.add_argument("--prompts", type=Path, default=None, help="prompt suite JSONL (default: the shipped shapes_eval_v1.jsonl, or video_shapes_eval_v1.jsonl for shapes-video)")
     parser.add_argument("--device", default=None, help="torch device for the model (default: the adapter's choice)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     parser.add_argument("--no-images", action="store_true", help="do not write every sample as PNG (results and grid only)")
@@ -72,6 +73,10 @@ def load_sampler(args: argparse.Namespace) -> Any:
     if args.model == ORACLE:
         if args.lora or args.run:
             raise ValueError(f"--model {ORACLE} renders the ground truth; it takes no --lora or --run")
+        if getattr(args, "benchmark", None) == "shapes-video":
+            from .video_shapes_eval import GroundTruthVideoSampler
+
+            return GroundTruthVideoSampler()
         from .shapes_eval import GroundTruthSampler
 
         return GroundTruthSampler()
@@ -128,6 +133,15 @@ def run(args: argparse.Namespace) -> int:
     guidance = args.guidance_scale if args.guidance_scale is not None else defaults.get("guidance_scale", FALLBACK_GUIDANCE)
 
     def evaluate(sampler: Any, folder: Path, model_name: str) -> dict[str, Any]:
+        if args.benchmark == "shapes-video":
+            from .video_shapes_eval import run_video_shapes_eval
+
+            return run_video_shapes_eval(
+                sampler, folder, videos_per_prompt=args.images_per_prompt, frames=defaults.get("num_frames"), steps=steps,
+                guidance_scale=guidance, seed=args.seed, batch_size=args.batch_size,
+                max_prompts_per_task=args.max_prompts_per_task, prompts=args.prompts, model_name=model_name,
+                progress=not args.no_progress, resume=args.resume, save_videos=not args.no_images or args.compare,
+            )
         return run_shapes_eval(
             sampler, folder, images_per_prompt=args.images_per_prompt, steps=steps, guidance_scale=guidance,
             seed=args.seed, batch_size=args.batch_size, max_prompts_per_task=args.max_prompts_per_task,

@@ -69,6 +69,17 @@ def _first_samples_by_task(run: Path) -> dict[str, list[Path]]:
     return rows
 
 
+def _first_frame(file: Path):
+    """A saved sample as a PIL image: the image itself, or a video's first frame."""
+    from PIL import Image
+
+    from diffalign.media import load_video, tensor_to_pil
+
+    if file.suffix.lower() in {".mp4", ".webm", ".avi", ".mov", ".mkv"}:
+        return tensor_to_pil(load_video(file, max_frames=1))[0]
+    return Image.open(file).convert("RGB")
+
+
 def before_after_grid(before: str | Path, after: str | Path, path: str | Path, tile: int = 96,
                       labels: tuple[str, str] = ("before", "after")) -> Path | None:
     """One row per task, one column per prompt (same seed): ``before``'s sample on the left panel,
@@ -91,7 +102,7 @@ def before_after_grid(before: str | Path, after: str | Path, path: str | Path, t
         draw.text((2, y + tile // 2 - 6), task, fill="black")
         for x0, files in ((label, left[task]), (label + panel + gap, right[task])):
             for c, file in enumerate(files):
-                image = Image.open(file).convert("RGB").resize((tile, tile), Image.NEAREST)
+                image = _first_frame(file).resize((tile, tile), Image.NEAREST)
                 canvas.paste(image, (x0 + c * (tile + pad), y))
     path = Path(path)
     canvas.save(path)

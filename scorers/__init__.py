@@ -5,7 +5,7 @@
 >>> reward(images, prompts)                                                 # doctest: +SKIP
 
 Built-in names: ``clip``, ``pickscore``, ``aesthetic``, ``aesthetic_v1``, ``hps``, ``imagereward``,
-``jpeg_compressibility``, ``jpeg_incompressibility``, ``shapes`` (and the MLLM ``critic`` where
+``jpeg_compressibility``, ``jpeg_incompressibility``, ``shapes``, ``shapes_video`` (and the MLLM ``critic`` where
 present). Other packages add scorers through the ``diffalign.scorers`` entry-point group.
 """
 from __future__ import annotations

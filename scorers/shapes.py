@@ -4,7 +4,8 @@
   how far each is met (counts, colours, relations; see :mod:`diffalign.shapes.judge`), in [0, 1].
 * ``mode="binary"``: 1 when every constraint holds (GenEval's per-image correctness), else 0.
 
-Prompts are ShapesWorld captions (parsed by the grammar). The judge is imported when the scorer
+Prompts are ShapesWorld captions (parsed by the grammar); ``shapes_video`` scores clips of ShapesWorld in
+motion against motion captions. The judge is imported when the scorer
 is built, so registering it costs nothing. Not differentiable.
 """
 from __future__ import annotations
@@ -38,3 +39,29 @@ class ShapesScore(Scorer):
         verdicts = self._judge.judge_batch(images.detach(), prompts, self.config)
         values = [float(v.correct) if self.mode == "binary" else float(v.score) for v in verdicts]
         return torch.tensor(values, dtype=torch.float32, device=images.device)
+
+
+@register_scorer("shapes_video")
+class ShapesVideoScore(Scorer):
+    """Per-clip ShapesWorld-in-motion verdict (:mod:`diffalign.shapes.video_judge`) as a score, for
+    ``B×T×3×H×W`` videos and motion captions: ``mode="fraction"`` the dense credit, ``"binary"`` 0/1."""
+
+    name = "shapes_video"
+    modality = "video"
+    differentiable = False
+    batch_size = 16
+
+    def __init__(self, mode: str = "fraction", config=None, batch_size: int | None = None):
+        super().__init__(batch_size=batch_size)
+        if mode not in MODES:
+            raise ValueError(f"unknown shapes_video mode {mode!r}; use one of {MODES}")
+        from diffalign.shapes import judge, video_judge
+
+        self._judge = video_judge
+        self.mode = mode
+        self.config = config if config is not None else judge.DEFAULT_CONFIG
+
+    def score_videos(self, videos: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        verdicts = self._judge.judge_videos(videos.detach(), prompts, self.config)
+        values = [float(v.correct) if self.mode == "binary" else float(v.score) for v in verdicts]
+        return torch.tensor(values, dtype=torch.float32, device=videos.device)

@@ -2,6 +2,8 @@
 
 * :mod:`diffalign.shapes.world`: scene sampling, caption grammar, renderer, datasets.
 * :mod:`diffalign.shapes.judge`: rule-based detector and GenEval-rule verdicts (reward and benchmark).
+* :mod:`diffalign.shapes.motion`: ShapesWorld in motion (clips, motion captions, renderer, datasets).
+* :mod:`diffalign.shapes.video_judge`: tracks across frames and exact motion verdicts (scorer ``shapes_video``).
 """
 from __future__ import annotations
 
