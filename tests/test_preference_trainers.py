@@ -187,6 +187,24 @@ def test_smpo_loss_matches_float64_formula_on_inverted_latents(tiny_model, tmp_p
     assert loss.item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
 
 
+@pytest.mark.parametrize("model", ["policy", "reference"])
+def test_smpo_inverts_with_the_model_it_is_told_to(tiny_model, tmp_path, model):
+    """``smpo.inversion_model``: the policy's inversion moves with the LoRA weights, the reference's does not."""
+    trainer = preference_trainer(tiny_model, "sd15", "smpo", tmp_path, smpo={"inversion_steps": 3, "inversion_model": model})
+    algorithm = trainer.algorithm
+    batch = trainer.collect(0)
+    x0, indices = batch.latents[:, 0].float(), torch.zeros(batch.batch_size, dtype=torch.long)
+    conditioning = {"cond": batch.conditioning["cond"], "uncond": None}
+    before, _ = algorithm.inverted(x0, conditioning, indices)
+    perturb_lora(trainer)
+    after, _ = algorithm.inverted(x0, conditioning, indices)
+    with trainer.adapter.reference():
+        frozen = trainer.adapter.invert(x0, conditioning, steps=3, renoise_iterations=1, until_step=0).latents[:, 0]
+    assert torch.equal(before, after) == (model == "reference")
+    if model == "reference":
+        assert torch.allclose(after, frozen.to(after), atol=1e-6)
+
+
 def test_smpo_tie_gives_no_gradient(tiny_model, tmp_path):
     """A soft label of 1/2 (equally good images) makes the smoothed loss constant: log 2, zero gradient."""
     trainer = preference_trainer(tiny_model, "sd15", "smpo", tmp_path, smpo={"inversion_steps": 3})

@@ -12,7 +12,8 @@ which vanishes for a tie (``p = ½``). (2) ``x_t`` by inversion instead of forwa
 inverted with the *current* policy under no_grad (DDIM inversion, or reverse Euler for flow models) along an
 ``inversion_steps``-step schedule with ``renoise_iterations`` ReNoise refinements, stopping at the pair's
 timestep; the target noise is the one the inverted point implies, ``ε̃ = (x_t - sqrt(ᾱ_t) x0)/sqrt(1-ᾱ_t)``
-(flow: ``(x_t - (1-σ) x0)/σ``), shared by policy and reference.
+(flow: ``(x_t - (1-σ) x0)/σ``), shared by policy and reference. ``smpo.inversion_model = "reference"`` inverts with
+the frozen reference instead (ours, not the paper's: the target then stays fixed while the policy learns).
 Deliberate difference: the pair's timestep is drawn uniformly from the inversion schedule's timesteps, so
 ``x_t`` lies exactly at ``t``; the official code samples ``t ~ U{0..999}`` and inverts through the schedule
 steps below it.
@@ -41,6 +42,9 @@ class SmPOConfig:
     inversion_steps: int = 10
     #: ReNoise refinements per inverse step (official: one averaged re-prediction)
     renoise_iterations: int = 1
+    #: the model that inverts: "policy" (the official code: the current, trained weights, so the target moves
+    #: as the policy learns) or "reference" (the frozen reference: each image's ``x_t`` stays fixed)
+    inversion_model: str = "policy"
 
 
 @register_algorithm
@@ -54,6 +58,8 @@ class SmPO(PreferenceAlgorithm):
         c = self.cfg
         if not c.beta > 0 or not c.label_scale > 0:
             raise ConfigError(f"smpo.beta and smpo.label_scale must be positive, got {c.beta} and {c.label_scale}")
+        if c.inversion_model not in ("policy", "reference"):
+            raise ConfigError(f"smpo.inversion_model must be 'policy' or 'reference', got {c.inversion_model!r}")
         if c.inversion_steps < 1 or c.renoise_iterations < 0:
             raise ConfigError(f"smpo.inversion_steps must be >= 1 and smpo.renoise_iterations >= 0, "
                               f"got {c.inversion_steps} and {c.renoise_iterations}")
@@ -66,7 +72,9 @@ class SmPO(PreferenceAlgorithm):
         yield batch, indices
 
     def inverted(self, x0: torch.Tensor, conditioning, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x_t`` of every latent by inversion with the current policy, stopping at its schedule index, and ``t``."""
+        """``x_t`` of every latent by inversion (with ``smpo.inversion_model``), stopping at its schedule index, and ``t``."""
+        import contextlib
+
         adapter, c = self.adapter, self.cfg
         x_t = torch.empty_like(x0)
         t = torch.empty(x0.shape[0], device=x0.device)
@@ -75,7 +83,8 @@ class SmPO(PreferenceAlgorithm):
         for k in indices.unique().tolist():
             rows = (indices == k).nonzero().flatten().to(x0.device)
             cond = {"cond": slice_cond(conditioning["cond"], rows), "uncond": None}
-            with torch.no_grad():
+            model = adapter.reference() if c.inversion_model == "reference" else contextlib.nullcontext()
+            with torch.no_grad(), model:
                 rollout = adapter.invert(x0[rows], cond, steps=c.inversion_steps, guidance_scale=1.0,
                                          renoise_iterations=c.renoise_iterations, until_step=int(k))
             x_t[rows] = rollout.latents[:, 0].to(x0.dtype)
