@@ -317,7 +317,7 @@ def test_scorers_declare_whether_they_are_differentiable():
 
 # --------------------------------------------------------------------------------- training
 @pytest.mark.parametrize("algorithm,options", [
-    ("draft", {}), ("alignprop", {"loss": "linear", "target": 0.0, "loss_scale": 1.0}), ("refl", {"target": 1.0})])
+    ("draft", {}), ("alignprop", {"loss": "linear", "target": 0.0, "loss_scale": 1.0}), ("refl", {"target": 1.0, "loss_scale": 1.0})])
 def test_short_training_run_raises_the_reward(tiny_model, tmp_path, algorithm, options):
     trainer = make(tiny_model, algorithm, tmp_path, reward=brightness, run={"epochs": 4},
                    sampling={"batch_size": 4, "steps": STEPS}, train={"batch_size": 4, "learning_rate": 3e-2},
@@ -328,7 +328,8 @@ def test_short_training_run_raises_the_reward(tiny_model, tmp_path, algorithm, o
     rows = [h for h in trainer.history if "loss" in h]
     assert len(rows) == 4 and all("reward_mean" in r for r in rows)
     assert after > before + 0.01, (before, after)
-    assert rows[-1]["loss"] < rows[0]["loss"]
+    if algorithm != "refl":  # ReFL's loss is taken at a step drawn per batch: epochs are not comparable
+        assert rows[-1]["loss"] < rows[0]["loss"]
 
 
 RECIPES = {
