@@ -141,9 +141,6 @@ class RewardBackprop(Algorithm):
                 raise ConfigError(f"{self.name}.{key} must be a finite number, got {getattr(c, key)}")
         if c.loss_scale <= 0:
             raise ConfigError(f"{self.name}.loss_scale must be positive, got {c.loss_scale}")
-        if self.config.sampling.group_size != 1:
-            raise ConfigError(f"sampling.group_size must be 1 for {self.name} (no group statistics), "
-                              f"got {self.config.sampling.group_size}")
 
     def check_reward(self, reward: Any) -> None:
         check_differentiable_reward(reward, self.name)
