@@ -198,6 +198,7 @@ def test_sample_window_arguments_are_checked(tiny_model):
 def make(tiny_model, algorithm: str, run_dir, reward=None, **sections):
     sections.setdefault("sampling", {})
     sections["sampling"] = {"steps": STEPS, "group_size": 1, "stochastic": False, **sections["sampling"]}
+    sections["run"] = {"checkpoint_every": 0, **sections.get("run", {})}
     config = base_config(algorithm, tiny_model("sd15"), **sections)
     adapter = load(str(tiny_model("sd15")))
     adapter.decode = sensitive_decode
