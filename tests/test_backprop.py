@@ -127,18 +127,20 @@ def record_denoiser_outputs(adapter):
     return outputs, adapter.trainable_denoiser.register_forward_hook(hook)
 
 
-def lora_adapter(tiny_model):
-    adapter = load(str(tiny_model("sd15")))
+def lora_adapter(tiny_model, kind: str = "sd15"):
+    adapter = load(str(tiny_model(kind)))
     adapter.decode = sensitive_decode
     adapter.add_lora(rank=4)
     return adapter
 
 
-def test_only_the_last_k_denoiser_calls_receive_gradient(tiny_model):
-    adapter = lora_adapter(tiny_model)
+@pytest.mark.parametrize("kind", ["sd15", "sd3"])
+def test_only_the_last_k_denoiser_calls_receive_gradient(tiny_model, kind):
+    adapter = lora_adapter(tiny_model, kind)
     outputs, handle = record_denoiser_outputs(adapter)
     backward_calls = []
-    up_hook = adapter.trainable_denoiser.conv_out.register_full_backward_hook(lambda m, gi, go: backward_calls.append(1))
+    last_layer = adapter.trainable_denoiser.conv_out if kind == "sd15" else adapter.trainable_denoiser.proj_out
+    up_hook = last_layer.register_full_backward_hook(lambda m, gi, go: backward_calls.append(1))
     k = 2
     objective(adapter, TinyReward(), grad_steps=k).backward()
     handle.remove()
@@ -182,6 +184,18 @@ def test_real_vae_decode_passes_gradient(tiny_model):
     grads = torch.autograd.grad(loss, adapter.trainable_parameters())
     total = sum(float(g.abs().sum()) for g in grads)
     assert total > 0 and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("kind", ["sd15", "sd2", "sd3"])
+def test_predicted_x0_inverts_the_forward_process(tiny_model, kind):
+    """The true training target at ``x_t = add_noise(x0, ε, t)`` gives back ``x0`` (ε, v and flow velocity)."""
+    adapter = load(str(tiny_model(kind)))
+    x0 = torch.randn(2, 4, 8, 8)
+    noise = torch.randn(2, 4, 8, 8)
+    t = torch.tensor([700, 150])
+    x_t = adapter.add_noise(x0, noise, t)
+    torch.testing.assert_close(adapter.predicted_x0(adapter.training_target(x0, noise, t), x_t, t), x0,
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_sample_window_arguments_are_checked(tiny_model):
