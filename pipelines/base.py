@@ -355,8 +355,8 @@ class PipelineAdapter(ABC):
         Reward backpropagation (DRaFT, AlignProp, ReFL): ``with_grad=True`` keeps the graph of every step and of
         ``decode``; ``grad_steps=K`` keeps it for the last ``K`` steps run only (an int, or a ``[B]`` integer
         tensor: sample ``b`` keeps its last ``K_b``), the earlier ones run under ``no_grad`` (so
-        ``∂x_0/∂θ`` is the gradient through the last ``K`` denoiser calls, their inputs held fixed), and implies
-        ``with_grad``. ``checkpoint_denoiser=True`` recomputes each kept denoiser call in the backward pass
+        ``∂x_0/∂θ`` flows through the last ``K`` denoiser calls only; the latents entering the window are
+        constants), and implies ``with_grad``. ``checkpoint_denoiser=True`` recomputes each kept denoiser call in the backward pass
         (``torch.utils.checkpoint``): the same gradients for the memory of one call's activations.
         ``from_step``/``until_step`` run only steps ``from_step <= i < until_step`` of the ``steps``-step
         schedule, starting from ``latents`` (which must then be given when ``from_step > 0``); the rollout's
