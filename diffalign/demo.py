@@ -3,7 +3,8 @@
 1. Evaluate a shipped ShapesWorld model on a ShapesEval subset (the judge is exact, see
    :mod:`diffalign.shapes.judge`).
 2. Align it with the ``{algorithm}_shapes`` recipe (LoRA): online with the ShapesWorld judge as reward
-   (AWM, DDPO, Flow-GRPO), or, for the preference trainers (DPO, KTO, SmPO), offline on preference data
+   (AWM, DDPO, Flow-GRPO), with the reward's gradient through the last sampler steps on the differentiable
+   ShapesWorld reward model (DRaFT, AlignProp, ReFL), or, for the preference trainers (DPO, KTO, SmPO), offline on preference data
    the demo builds first from the model's own samples, labelled by the judge (``diffalign prefs build``).
 3. Evaluate again with the same prompts, seeds and sampler settings.
 4. Write to the run folder: ``before_after.png`` (the same prompts and seeds, before | after),
@@ -45,6 +46,8 @@ PREFERENCE_PROMPTS, PREFERENCE_IMAGES, PREFERENCE_STEPS = 192, 4, 10
 DEFAULT_ALGORITHM = "awm"
 #: preference trainers: (shipped model, epochs) as above, and the data each builds under OUT/data first
 DEMO_SETTINGS.update({"seppo": ("shapes-sd", 20), "dro": ("shapes-sd", 20)})
+#: reward backpropagation on the differentiable ``shapes_reward`` (the judge stays the held-out measure)
+DEMO_SETTINGS.update({"draft": ("shapes-sd", 20), "alignprop": ("shapes-sd", 20), "refl": ("shapes-sd", 20)})
 #: captions of DRO's demo data (one rendered expert each)
 DEMO_DATA_PROMPTS = {"dro": 256}
 

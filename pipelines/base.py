@@ -232,6 +232,10 @@ class PipelineAdapter(ABC):
         ReNoise fixed-point refinement; returns a rollout whose ``latents`` run from ``x_T`` to ``x0`` so that
         deterministic sampling from ``latents[:, 0]`` reconstructs ``x0``."""
 
+    @abstractmethod
+    def predicted_x0(self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """The one-step clean-latent estimate ``x̂0`` from a :meth:`predict` output at ``(x_t, t)`` (differentiable)."""
+
     def sample_training_timesteps(self, batch_size: int, generator: Generator = None) -> torch.Tensor:
         """Timesteps ``[B]`` for a denoising (matching) loss, drawn as the family's trainers draw them."""
         raise NotImplementedError
@@ -326,6 +330,10 @@ class PipelineAdapter(ABC):
         sde_window: tuple[int, int] | None = None,
         return_predictions: bool = False,
         timesteps: torch.Tensor | None = None,
+        grad_steps: int | torch.Tensor | None = None,
+        checkpoint_denoiser: bool = False,
+        from_step: int = 0,
+        until_step: int | None = None,
         **schedule_options,
     ) -> Rollout:
         """Sample a batch and record the whole trajectory.
@@ -343,6 +351,16 @@ class PipelineAdapter(ABC):
         sample its own schedule, step ``i`` going from ``timesteps[:, i]`` to ``timesteps[:, i+1]`` (the last
         to the final ᾱ), kept as ``extras["sample_timesteps"]`` (``rollout.timesteps`` stays the shared
         schedule). Without them the rollout carries neither.
+
+        Reward backpropagation (DRaFT, AlignProp, ReFL): ``with_grad=True`` keeps the graph of every step and of
+        ``decode``; ``grad_steps=K`` keeps it for the last ``K`` steps run only (an int, or a ``[B]`` integer
+        tensor: sample ``b`` keeps its last ``K_b``), the earlier ones run under ``no_grad`` (so
+        ``∂x_0/∂θ`` flows through the last ``K`` denoiser calls only; the latents entering the window are
+        constants), and implies ``with_grad``. ``checkpoint_denoiser=True`` recomputes each kept denoiser call in the backward pass
+        (``torch.utils.checkpoint``): the same gradients for the memory of one call's activations.
+        ``from_step``/``until_step`` run only steps ``from_step <= i < until_step`` of the ``steps``-step
+        schedule, starting from ``latents`` (which must then be given when ``from_step > 0``); the rollout's
+        ``timesteps`` (and ``sigmas``) are that part of the schedule, and it has no log-probs.
         """
         prompts = self._check_prompts(prompts)
         steps = self._check_steps(steps)
@@ -362,6 +380,17 @@ class PipelineAdapter(ABC):
             if not 0 <= start < end <= steps:
                 raise AdapterError(f"sde_window must satisfy 0 <= start < end <= steps={steps}, got {tuple(sde_window)}")
         batch = len(prompts)
+        stop = steps if until_step is None else until_step
+        if not isinstance(from_step, int) or not isinstance(stop, int) or not 0 <= from_step < stop <= steps:
+            raise AdapterError(f"from_step and until_step must satisfy 0 <= from_step < until_step <= steps={steps}, "
+                               f"got {from_step!r} and {until_step!r}")
+        partial = from_step > 0 or stop < steps
+        if partial and log_probs:
+            raise AdapterError("from_step/until_step sample part of a schedule: give log_probs=False")
+        if from_step > 0 and latents is None:
+            raise AdapterError(f"from_step={from_step} needs the latents at that step (latents=...)")
+        keep_from = self._grad_window(grad_steps, batch, from_step, stop)
+        with_grad = with_grad or grad_steps is not None
         do_cfg = guidance_scale > 1.0 and not self.distilled_guidance
         if conditioning is None:
             with torch.no_grad():
@@ -389,7 +418,7 @@ class PipelineAdapter(ABC):
         predictions = []
         x = latents
         grad_context = contextlib.nullcontext() if with_grad else torch.no_grad()
-        iterator = range(steps)
+        iterator = range(from_step, stop)
         if progress:
             from tqdm.auto import tqdm
 
@@ -397,7 +426,11 @@ class PipelineAdapter(ABC):
         with grad_context:
             for index in iterator:
                 t = schedule["sample_timesteps"][:, index] if timesteps is not None else schedule["timesteps"][index]
-                out = self.predict(x, t, conditioning, guidance_scale)
+                keep = None if keep_from is None or not with_grad else index >= keep_from.to(x.device)
+                with torch.no_grad() if keep is not None and not keep.any() else contextlib.nullcontext():
+                    out = self._predict_in_sample(x, t, conditioning, guidance_scale, checkpoint_denoiser and with_grad)
+                    if keep is not None and not keep.all():  # samples before their window: no gradient here
+                        out = torch.where(keep.reshape(-1, *([1] * (out.ndim - 1))), out, out.detach())
                 step = self._step(out, index, x, schedule, _sampler_at(sampler, index), generator=generator)
                 x = step.prev_sample.to(latents.dtype)
                 trajectory.append(x)
@@ -412,17 +445,40 @@ class PipelineAdapter(ABC):
             extras["predictions"] = torch.stack(predictions, dim=1)
         if timesteps is not None:
             extras["sample_timesteps"] = schedule["sample_timesteps"]
+        sigmas = schedule.get("sigmas")
         return Rollout(
             prompts=prompts,
             latents=torch.stack(trajectory, dim=1),
-            timesteps=schedule["timesteps"],
-            sigmas=schedule.get("sigmas"),
+            timesteps=schedule["timesteps"][from_step:stop] if partial else schedule["timesteps"],
+            sigmas=sigmas[from_step : stop + 1] if partial and sigmas is not None else sigmas,
             conditioning=conditioning,
             sampler=sampler,
             log_probs=torch.stack(step_log_probs, dim=1) if log_probs else None,
             media=media,
             extras=extras,
         )
+
+    @staticmethod
+    def _grad_window(grad_steps: int | torch.Tensor | None, batch: int, start: int, stop: int) -> torch.Tensor | None:
+        """``grad_steps`` (the last ``K`` steps of ``start..stop-1`` keep their graph) -> the first kept step
+        index per sample ``[B]`` (CPU), or ``None`` when every step keeps it."""
+        if grad_steps is None:
+            return None
+        k = torch.as_tensor(grad_steps)
+        if k.is_floating_point() or k.ndim > 1 or (k.ndim == 1 and k.shape[0] != batch):
+            raise AdapterError(f"grad_steps must be an integer or a [{batch}] integer tensor, got {grad_steps!r}")
+        if ((k < 1) | (k > stop - start)).any():
+            raise AdapterError(f"grad_steps must be in [1, {stop - start}] (the steps sampled), got {k.tolist()}")
+        return (stop - k.cpu().long()).expand(batch)
+
+    def _predict_in_sample(self, x: torch.Tensor, t, conditioning: Conditioning, guidance_scale: float,
+                           checkpoint: bool) -> torch.Tensor:
+        """One sampling step's guided prediction; recomputed in the backward pass when ``checkpoint``."""
+        if not checkpoint or not torch.is_grad_enabled():
+            return self.predict(x, t, conditioning, guidance_scale)
+        from torch.utils.checkpoint import checkpoint as recompute
+
+        return recompute(lambda latents: self.predict(latents, t, conditioning, guidance_scale), x, use_reentrant=False)
 
     def _check_sample_timesteps(self, timesteps: torch.Tensor, batch: int, steps: int, log_probs: bool) -> torch.Tensor:
         if not self.per_sample_timesteps:

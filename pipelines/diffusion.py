@@ -149,6 +149,13 @@ class DiffusionProcess:
         alphas = self._per_sample_alphas(t, x0)
         return alphas**0.5 * noise - (1 - alphas) ** 0.5 * x0
 
+    def predicted_x0(self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """``x̂0 = (x_t - sqrt(1-ᾱ_t) ε̂)/sqrt(ᾱ_t)`` (ε), ``sqrt(ᾱ_t) x_t - sqrt(1-ᾱ_t) v̂`` (v) or the output itself
+        (sample): the scheduler's ``pred_original_sample``."""
+        precision = torch.promote_types(x_t.dtype, torch.float32)
+        x = x_t.to(precision)
+        return ddim_x0_and_eps(model_output.to(precision), x, self._per_sample_alphas(t, x), self.prediction_type)[0].to(x_t.dtype)
+
     def sample_training_timesteps(self, batch_size: int, generator: Generator = None) -> torch.Tensor:
         """Uniform integer timesteps in ``[0, T_train)`` (DDPM training, Diffusion-DPO)."""
         if batch_size <= 0:

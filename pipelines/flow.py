@@ -155,6 +155,11 @@ class FlowMatchingProcess:
             raise AdapterError("implied_noise needs sigma > 0: at sigma = 0, x_t carries no noise")
         return ((x_t.float() - (1 - sigma) * x0.float()) / sigma).to(x0.dtype)
 
+    def predicted_x0(self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """``x̂0 = x_σ - σ·v̂``."""
+        sigma = self._sigma(t, x_t)
+        return (x_t.float() - sigma * model_output.float()).to(x_t.dtype)
+
     def training_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Flow-matching velocity target ``ε - x0`` (independent of ``t``)."""
         return noise - x0

@@ -97,10 +97,12 @@ def ddim_step(
     ``μ = sqrt(ᾱ_{t-1}) x̂0 + sqrt(1-ᾱ_{t-1}-σ_t²) ε̂``, ``x_{t-1} = μ + σ_t z``.
     ``alpha_prod_*`` may be scalars or per-sample ``[B]`` tensors.
     """
-    sample32 = sample.float()
+    # float32 at least (float64 stays float64: finite-difference checks of reward gradients)
+    precision = torch.promote_types(sample.dtype, torch.float32)
+    sample32 = sample.to(precision)
     a_t = _per_sample(alpha_prod_t, sample32)
     a_prev = _per_sample(alpha_prod_t_prev, sample32)
-    x0, eps = ddim_x0_and_eps(model_output.float(), sample32, a_t, prediction_type)
+    x0, eps = ddim_x0_and_eps(model_output.to(precision), sample32, a_t, prediction_type)
     if clip_sample_range is not None:  # like diffusers' DDIM: only x̂0 is clipped, ε̂ stays the model's
         x0 = x0.clamp(-clip_sample_range, clip_sample_range)
     variance = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)

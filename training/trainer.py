@@ -224,6 +224,7 @@ class Trainer:
             model_source(self.config.model.source, option="model.source")
         if reward is None or isinstance(reward, str):
             scorer_spec(reward or self.config.reward.spec, self.config.reward.options, what="reward.spec scorer")
+        self.algorithm.check_reward(self.config.reward.spec if reward is None else reward)
         if not train_prompts:
             prompt_source(self.config.prompts.train, self.config.prompts.train_list, self.config.prompts.options)
 

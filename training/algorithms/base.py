@@ -1,4 +1,4 @@
-"""What an algorithm supplies to the one training loop, and the loss pieces they share.
+r"""What an algorithm supplies to the one training loop, and the loss pieces they share.
 
 The loop (:class:`diffalign.training.trainer.Trainer`) owns devices, gradient accumulation, optimizer
 steps, EMA, checkpoints, evaluation and logging. An :class:`Algorithm` owns what is its own:
@@ -166,6 +166,9 @@ class Algorithm:
             raise ConfigError(
                 f"sampling.stochastic = false, but {self.name} needs per-step log-probs: set sampling.stochastic = true"
             )
+
+    def check_reward(self, reward: Any) -> None:
+        """Refuse a reward this algorithm cannot use (a scorer spec or a callable), before any model loads."""
 
     def num_train_timesteps(self) -> int:
         """Per-step policy gradients: how many of a sample's steps are trained without an SDE window."""
