@@ -498,11 +498,23 @@ class Trainer:
             self._log(result)
             if self._is_main():
                 if save_grid and media and e.grid_images:
-                    from diffalign.media import save_grid as write_grid
-
-                    write_grid(torch.cat(media)[: e.grid_images], self.run_dir / "samples" / f"eval_epoch_{self.epoch:04d}.png")
+                    self._save_eval_grid(torch.cat(media)[: e.grid_images])
                 self.plot_rewards()
-        return {**result, "eval/rewards": values.tolist()}
+        result = {**result, "eval/rewards": values.tolist()}
+        self.algorithm.after_evaluation(result)
+        return result
+
+    def _save_eval_grid(self, media: torch.Tensor) -> Path:
+        """``samples/eval_epoch_N.png``: the image grid, or for video an MP4 of the grid and a PNG strip of
+        frames (one row per video)."""
+        from diffalign.media import save_frame_strip, save_grid, save_video_grid
+
+        stem = self.run_dir / "samples" / f"eval_epoch_{self.epoch:04d}"
+        if media.ndim == 5:
+            fps = self.config.eval.fps or self.config.sampling.fps
+            save_video_grid(media, stem.with_suffix(".mp4"), fps=fps)
+            return save_frame_strip(media, stem.with_suffix(".png"), max_frames=16)
+        return save_grid(media, stem.with_suffix(".png"))
 
     def plot_rewards(self) -> Path | None:
         """``reward_curve.png``: training reward per epoch and held-out reward per evaluation."""
