@@ -235,7 +235,13 @@ class IPO(Algorithm):
         sampling_seconds = time.time() - started
         started = time.time()
         calls_before = self.critic_calls
-        answers = self._label(folder, prompts, media)
+        try:
+            answers = self._label(folder, prompts, media)
+        except BaseException:  # killed while labelling: what this try cost is still counted
+            self._write_round_metrics(folder, {
+                "round": round_index, "interrupted": True, "sampled": sampled, "sampling_seconds": sampling_seconds,
+                "critic_calls": self.critic_calls - calls_before, "labelling_seconds": time.time() - started})
+            raise
         labelling_seconds = time.time() - started
         rows = self._preferences(prompts, answers)
         if not rows:
@@ -251,18 +257,24 @@ class IPO(Algorithm):
         }
         if c.feedback == "pointwise":
             stats["desirable_fraction"] = sum(r["desirable"] for r in rows) / len(rows)
-        previous = folder / "metrics.json"
-        if previous.exists():  # a resumed round: count the work of every try
-            before = json.loads(previous.read_text())
-            for key in ("critic_calls", "sampling_seconds", "labelling_seconds"):
-                stats[key] += before.get(key, 0)
-            stats["sampled"] = stats["sampled"] or before.get("sampled", False)
-            stats["tries"] = before.get("tries", 1) + 1
-        self._round_stats = stats
-        previous.write_text(json.dumps(stats, indent=2) + "\n")
+        self._round_stats = self._write_round_metrics(folder, stats)
         logger.info("ipo round %d: %d examples from %d candidates (%d critic calls)", round_index, len(rows),
                     latents.shape[0], stats["critic_calls"])
         return data
+
+    @staticmethod
+    def _write_round_metrics(folder: Path, stats: dict[str, Any]) -> dict[str, Any]:
+        """``metrics.json``; a round tried before adds that try's critic calls and seconds (``tries`` counts)."""
+        path = folder / "metrics.json"
+        stats = {**stats, "tries": 1}
+        if path.exists():
+            before = json.loads(path.read_text())
+            for key in ("critic_calls", "sampling_seconds", "labelling_seconds"):
+                stats[key] = stats.get(key, 0) + before.get(key, 0)
+            stats["sampled"] = stats["sampled"] or before.get("sampled", False)
+            stats["tries"] = before.get("tries", 1) + 1
+        path.write_text(json.dumps(stats, indent=2) + "\n")
+        return stats
 
     def _candidates(self, round_index: int, prompts: list[str], folder: Path) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """Final latents ``(P·N)×L`` and decoded media of the round's candidates (prompt-major); read back from
