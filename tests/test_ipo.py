@@ -14,6 +14,7 @@ from diffalign.pipelines import load
 from diffalign.training import Trainer
 from diffalign.training.algorithms.ipo import ROUND_SNAPSHOT, borda_pair
 from tests.tiny import SMALL_SAMPLE_SIZE
+from tests.tiny.prefs import write_winners
 from tests.tiny.vlm import build_qwen2_vl
 
 PROMPTS = ["a red cat", "a blue dog", "a green photo", "a red dog"]
@@ -225,3 +226,17 @@ def test_round_killed_while_labelling_resumes_without_asking_again(tiny_model, t
     assert metrics["tries"] == 2 and metrics["critic_calls"] == per_round + 1  # the call that failed counts
     for name, value in trainable(uninterrupted).items():
         assert torch.equal(value, trainable(resumed)[name]), name
+
+
+def test_real_video_regulariser_adds_lambda_times_the_denoising_error(tiny_model, tmp_path):
+    path = tiny_model("cogvideox")
+    clips = write_winners(tmp_path / "real", 16, count=4, kind="experts", frames=9)
+    config = ipo_config(path, "cogvideox", run={"epochs": 1}, eval={"grid_images": 0},
+                        ipo={"real_weight": 0.25, "save_media": False}, data={"source": str(clips), "examples_per_epoch": 2})
+    trainer = Trainer(config, adapter=load(str(path)), reward=brightness, run_dir=tmp_path / "run")
+    trainer.algorithm.critic = CountingCritic()
+    trainer.train()
+    row = next(r for r in trainer.history if "loss" in r)
+    # at the round's start the DPO term is log 2 exactly; the rest is λ times the real clips' denoising error
+    assert row["real_loss"] > 0
+    assert row["loss"] == pytest.approx(math.log(2) + 0.25 * row["real_loss"], rel=1e-5)
