@@ -210,6 +210,8 @@ def test_round_killed_while_labelling_resumes_without_asking_again(tiny_model, t
         first.train()
     labels = tmp_path / "killed" / "rounds" / "round_001" / "labels.jsonl"
     assert len(labels.read_text().splitlines()) == 4
+    with open(labels, "a") as f:  # a kill in the middle of writing an answer leaves half a line
+        f.write('{"key": "1:1>2", "prom')
     rest = CountingCritic()
     resumed = trainer_for(tmp_path / "killed", rest)
     resumed.resume()

@@ -485,7 +485,9 @@ class Trainer:
                 rollout = self.algorithm.evaluation_rollout(
                     batch_prompts, [torch.Generator("cpu").manual_seed(derive_seed(e.seed, "eval", i)) for i in idx])
                 rewards.append(self.score(rollout.media, batch_prompts).cpu())
-                media.append(rollout.media.float().cpu())
+                kept = sum(m.shape[0] for m in media)
+                if kept < e.grid_images:  # only what the grid shows: a held-out set of videos is large
+                    media.append(rollout.media[: e.grid_images - kept].float().cpu())
         local = list(zip(mine, torch.cat(rewards).tolist() if rewards else []))
         if acc.num_processes > 1:
             from accelerate.utils import gather_object

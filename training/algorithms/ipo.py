@@ -105,6 +105,9 @@ class IPOConfig:
             raise ConfigError(f"ipo.real_weight must be >= 0, got {self.real_weight}")
         if self.threshold != self.threshold:
             raise ConfigError("ipo.threshold must be a number, got NaN")
+        if self.critic_options and not self.critic:
+            raise ConfigError("ipo.critic_options are given but ipo.critic is empty (the reward is the critic): "
+                              "set ipo.critic or move the options to reward.options")
 
 
 def borda_pair(count: int, wins: dict[tuple[int, int], float]) -> tuple[int, int, float] | None:
@@ -334,12 +337,13 @@ class IPO(Algorithm):
         path = folder / "labels.jsonl"
         answers: dict[str, float] = {}
         if path.exists():
-            for line in path.read_text().splitlines():
-                if line.strip():  # a line cut short by a kill is asked again
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
+            text = path.read_text()
+            if not text.endswith("\n"):  # a line cut short by a kill: dropped, its question asked again
+                text = text[: text.rfind("\n") + 1]
+                path.write_text(text)
+            for line in text.splitlines():
+                if line.strip():
+                    row = json.loads(line)
                     answers[row["key"]] = float(row["value"])
         n = self.cfg.videos_per_prompt
         todo = [q for q in self._questions(prompts, critic) if q[0] not in answers]
@@ -442,8 +446,9 @@ class IPO(Algorithm):
     # ---------------------------------------------------------------------------- reports
     def after_evaluation(self, result: dict[str, Any]) -> None:
         epoch = int(result["epoch"])
-        if not self.trainer._is_main() or epoch % self.cfg.epochs_per_round:
-            return
+        trainer = self.trainer
+        if not trainer._is_main() or not trainer._trackers_started or epoch % self.cfg.epochs_per_round:
+            return  # reports belong to a training run's round ends
         if epoch == 0:
             path = self.trainer.run_dir / "rounds" / "start_eval.json"
         else:
