@@ -21,9 +21,9 @@ the adapter calls its own denoiser module, and a DDP wrapper that is not the mod
 forward pass silently skips the all-reduce (the LoRA gradient-sync bug of the original DDPO code).
 
 The run folder holds ``config.toml``, ``metrics.jsonl``, ``checkpoints/`` (weights, optimizer, the
-adapter's named snapshots, the algorithm's state such as a data position), sample grids (``samples/``),
-``reward_curve.png`` (:mod:`diffalign.training.report`) and the final weights (``final/``: a diffusers
-LoRA or the trainable state).
+adapter's named snapshots, the algorithm's state such as a data position), sample grids (``samples/``;
+video: an MP4 of the grid and a PNG strip of frames), ``reward_curve.png`` (:mod:`diffalign.training.report`)
+and the final weights (``final/``: a diffusers LoRA or the trainable state).
 
 From Python::
 
