@@ -166,6 +166,8 @@ class SamplingConfig:
     width: int | None = None
     #: video models: frames per sample (empty: the pipeline's default)
     num_frames: int | None = None
+    #: video models: frames per second of the MP4s written (samples, eval grids, preference media)
+    fps: int = 8
     #: Flow-GRPO-Fast: only this many consecutive steps are stochastic (and trained), the rest
     #: deterministic; the window's start is drawn each epoch inside ``sde_window_range``. 0: every step
     sde_window: int = 0
@@ -184,6 +186,7 @@ class SamplingConfig:
         _positive(self, "sampling", ("steps", "batch_size", "batches_per_epoch", "group_size"))
         _at_most(self, "sampling", {"steps": MAX_STEPS})
         _non_negative(self, "sampling", ("sde_window",))
+        _positive(self, "sampling", ("fps",))
         for key in ("height", "width", "num_frames"):
             if getattr(self, key) is not None and getattr(self, key) <= 0:
                 raise ConfigError(f"sampling.{key} must be positive, got {getattr(self, key)}")
@@ -267,9 +270,16 @@ class EvalConfig:
     use_ema: bool = True
     grid_images: int = 16
     seed: int = 1234
+    #: video models: frames per evaluation sample (empty: ``sampling.num_frames``)
+    num_frames: int | None = None
+    #: video models: frames per second of the evaluation MP4 (empty: ``sampling.fps``)
+    fps: int | None = None
 
     def validate(self) -> None:
         _positive(self, "eval", ("steps", "batch_size"))
+        for key in ("num_frames", "fps"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
+                raise ConfigError(f"eval.{key} must be positive, got {getattr(self, key)}")
         _at_most(self, "eval", {"steps": MAX_STEPS})
         _non_negative(self, "eval", ("every", "grid_images"))
 

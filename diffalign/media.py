@@ -229,6 +229,28 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, s
     return save_image(grid, path)
 
 
+def save_frame_strip(videos: torch.Tensor, path: str | Path, max_frames: int | None = None, scale: int = 1) -> Path:
+    """A PNG of video frames for quick viewing: one row per video (``B×T×3×H×W``, or one ``T×3×H×W``), its
+    frames left to right (``max_frames`` evenly spaced ones when given)."""
+    if videos.ndim == 4:
+        videos = videos[None]
+    check_media(videos, "video")
+    videos = torch.stack([even_frames(v, max_frames) for v in videos.detach().float().cpu()])
+    return save_grid(videos.flatten(0, 1), path, nrow=videos.shape[1], scale=scale)
+
+
+def save_video_grid(videos: torch.Tensor, path: str | Path, nrow: int | None = None, fps: int = 8, scale: int = 1) -> Path:
+    """One MP4 (or GIF) whose every frame is the grid of the ``B×T×3×H×W`` videos' frames at that time."""
+    check_media(videos, "video")
+    frames = []
+    for t in range(videos.shape[1]):
+        grid = make_grid(videos[:, t].detach().float().cpu(), nrow=nrow)
+        if scale > 1:
+            grid = torch.nn.functional.interpolate(grid[None], scale_factor=scale, mode="nearest")[0]
+        frames.append(grid)
+    return save_video(torch.stack(frames), path, fps=fps)
+
+
 def expand_paths(inputs: Iterable[str | Path], suffixes: set[str] | None = None) -> list[Path]:
     """Files, folders (recursive) and glob patterns -> a sorted, de-duplicated list of files."""
     import glob

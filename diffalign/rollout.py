@@ -45,6 +45,8 @@ class Rollout:
       (``uncond``) — every tensor batch-first so the rollout slices cleanly.
     * ``sampler``: the settings needed to re-score a transition exactly (guidance, eta / noise level,
       log-prob reduction, ...).
+    * ``latent_steps``: ``None`` when ``latents`` is the whole trajectory; else the trajectory indices it
+      holds (``[S]``: only the final latents, ``B×1×L``, what ``sample(keep_latents="final")`` keeps).
     """
 
     prompts: list[str]
@@ -57,6 +59,7 @@ class Rollout:
     media: torch.Tensor | None = None
     rewards: torch.Tensor | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    latent_steps: list[int] | None = None
 
     # ------------------------------------------------------------------ views
     @property
@@ -65,7 +68,7 @@ class Rollout:
 
     @property
     def num_steps(self) -> int:
-        return self.latents.shape[1] - 1
+        return self.latents.shape[1] - 1 if self.latent_steps is None else int(self.timesteps.shape[0])
 
     @property
     def final_latents(self) -> torch.Tensor:
@@ -73,6 +76,26 @@ class Rollout:
 
     def __len__(self) -> int:
         return self.batch_size
+
+    def nbytes(self) -> int:
+        """Bytes held by the rollout's tensors (latents, conditioning, log-probs, media, extras ...)."""
+        total = 0
+
+        def count(t: torch.Tensor) -> torch.Tensor:
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        self._each_tensor(count)
+        return total
+
+    def _each_tensor(self, fn) -> None:
+        """Call ``fn`` on every tensor the rollout holds (shared ones too)."""
+        for value in (self.latents, self.timesteps, self.sigmas, self.log_probs, self.media, self.rewards):
+            if value is not None:
+                fn(value)
+        _map_tensors(self.conditioning, fn)
+        _map_tensors(self.extras, fn)
 
     # ------------------------------------------------------------ movement
     def apply(self, fn) -> "Rollout":
@@ -131,7 +154,8 @@ class Rollout:
             raise ValueError("Rollout.cat needs at least one rollout")
         first = rollouts[0]
         for other in rollouts[1:]:
-            if other.sampler != first.sampler or not torch.equal(other.timesteps.cpu(), first.timesteps.cpu()):
+            if (other.sampler != first.sampler or other.latent_steps != first.latent_steps
+                    or not torch.equal(other.timesteps.cpu(), first.timesteps.cpu())):
                 raise ValueError("cannot concatenate rollouts sampled with different settings or timesteps")
 
         return Rollout(
@@ -145,4 +169,5 @@ class Rollout:
             media=cat_field([r.media for r in rollouts]),
             rewards=cat_field([r.rewards for r in rollouts]),
             extras=cat_field([r.extras for r in rollouts]),
+            latent_steps=first.latent_steps,
         )

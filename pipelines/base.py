@@ -50,6 +50,10 @@ class UnsupportedPipelineError(AdapterError):
     """The pipeline class has no adapter; the message lists the supported ones."""
 
 
+#: what :meth:`PipelineAdapter.sample` keeps of the trajectory
+KEEP_LATENTS = ("all", "final")
+
+
 def cat_cond(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Concatenate per-sample conditioning dicts along the batch dim (non-tensors taken from the first)."""
     out: dict[str, Any] = {}
@@ -334,6 +338,7 @@ class PipelineAdapter(ABC):
         checkpoint_denoiser: bool = False,
         from_step: int = 0,
         until_step: int | None = None,
+        keep_latents: str = "all",
         **schedule_options,
     ) -> Rollout:
         """Sample a batch and record the whole trajectory.
@@ -370,6 +375,8 @@ class PipelineAdapter(ABC):
             raise AdapterError(f"log_prob_reduce must be 'mean' or 'sum', got {log_prob_reduce!r}")
         if stochastic and (eta if self.prediction_type != "flow" else noise_level) <= 0:
             raise AdapterError("stochastic sampling needs eta > 0 (DDIM) or noise_level > 0 (flow SDE)")
+        if keep_latents not in KEEP_LATENTS:
+            raise AdapterError(f"keep_latents must be one of {', '.join(KEEP_LATENTS)}, got {keep_latents!r}")
         log_probs = stochastic if log_probs is None else log_probs
         if log_probs and not stochastic:
             raise AdapterError("log_probs=True needs stochastic=True: a deterministic step has no density")
@@ -413,7 +420,8 @@ class PipelineAdapter(ABC):
         }
         if sde_window is not None:
             sampler["sde_window"] = [start, end]
-        trajectory = [latents]
+        keep_all = keep_latents == "all"
+        trajectory = [latents] if keep_all else []
         step_log_probs = []
         predictions = []
         x = latents
@@ -433,7 +441,8 @@ class PipelineAdapter(ABC):
                         out = torch.where(keep.reshape(-1, *([1] * (out.ndim - 1))), out, out.detach())
                 step = self._step(out, index, x, schedule, _sampler_at(sampler, index), generator=generator)
                 x = step.prev_sample.to(latents.dtype)
-                trajectory.append(x)
+                if keep_all:
+                    trajectory.append(x)
                 if return_predictions:
                     predictions.append(out.to(latents.dtype))
                 if log_probs:
@@ -448,7 +457,8 @@ class PipelineAdapter(ABC):
         sigmas = schedule.get("sigmas")
         return Rollout(
             prompts=prompts,
-            latents=torch.stack(trajectory, dim=1),
+            latents=torch.stack(trajectory if keep_all else [x], dim=1),
+            latent_steps=None if keep_all else [stop - from_step],
             timesteps=schedule["timesteps"][from_step:stop] if partial else schedule["timesteps"],
             sigmas=sigmas[from_step : stop + 1] if partial and sigmas is not None else sigmas,
             conditioning=conditioning,
@@ -506,6 +516,9 @@ class PipelineAdapter(ABC):
         """
         if not rollout.sampler.get("stochastic"):
             raise AdapterError("rollout was sampled deterministically; it has no transition densities")
+        if rollout.latent_steps is not None:
+            raise AdapterError("rollout kept only its final latents (keep_latents='final'); "
+                               "re-scoring a transition needs keep_latents='all'")
         index = torch.as_tensor(step).cpu()
         if index.is_floating_point() or index.ndim > 1 or (index.ndim == 1 and index.shape[0] != rollout.batch_size):
             raise AdapterError(f"step must be an integer or a [{rollout.batch_size}] integer tensor, got {step!r}")

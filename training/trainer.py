@@ -21,9 +21,9 @@ the adapter calls its own denoiser module, and a DDP wrapper that is not the mod
 forward pass silently skips the all-reduce (the LoRA gradient-sync bug of the original DDPO code).
 
 The run folder holds ``config.toml``, ``metrics.jsonl``, ``checkpoints/`` (weights, optimizer, the
-adapter's named snapshots, the algorithm's state such as a data position), sample grids (``samples/``),
-``reward_curve.png`` (:mod:`diffalign.training.report`) and the final weights (``final/``: a diffusers
-LoRA or the trainable state).
+adapter's named snapshots, the algorithm's state such as a data position), sample grids (``samples/``;
+video: an MP4 of the grid and a PNG strip of frames), ``reward_curve.png`` (:mod:`diffalign.training.report`)
+and the final weights (``final/``: a diffusers LoRA or the trainable state).
 
 From Python::
 
@@ -486,7 +486,9 @@ class Trainer:
                 rollout = self.algorithm.evaluation_rollout(
                     batch_prompts, [torch.Generator("cpu").manual_seed(derive_seed(e.seed, "eval", i)) for i in idx])
                 rewards.append(self.score(rollout.media, batch_prompts).cpu())
-                media.append(rollout.media.float().cpu())
+                kept = sum(m.shape[0] for m in media)
+                if kept < e.grid_images:  # only what the grid shows: a held-out set of videos is large
+                    media.append(rollout.media[: e.grid_images - kept].float().cpu())
         local = list(zip(mine, torch.cat(rewards).tolist() if rewards else []))
         if acc.num_processes > 1:
             from accelerate.utils import gather_object
@@ -499,11 +501,23 @@ class Trainer:
             self._log(result)
             if self._is_main():
                 if save_grid and media and e.grid_images:
-                    from diffalign.media import save_grid as write_grid
-
-                    write_grid(torch.cat(media)[: e.grid_images], self.run_dir / "samples" / f"eval_epoch_{self.epoch:04d}.png")
+                    self._save_eval_grid(torch.cat(media)[: e.grid_images])
                 self.plot_rewards()
-        return {**result, "eval/rewards": values.tolist()}
+        result = {**result, "eval/rewards": values.tolist()}
+        self.algorithm.after_evaluation(result)
+        return result
+
+    def _save_eval_grid(self, media: torch.Tensor) -> Path:
+        """``samples/eval_epoch_N.png``: the image grid, or for video an MP4 of the grid and a PNG strip of
+        frames (one row per video)."""
+        from diffalign.media import save_frame_strip, save_grid, save_video_grid
+
+        stem = self.run_dir / "samples" / f"eval_epoch_{self.epoch:04d}"
+        if media.ndim == 5:
+            fps = self.config.eval.fps or self.config.sampling.fps
+            save_video_grid(media, stem.with_suffix(".mp4"), fps=fps)
+            return save_frame_strip(media, stem.with_suffix(".png"), max_frames=16)
+        return save_grid(media, stem.with_suffix(".png"))
 
     def plot_rewards(self) -> Path | None:
         """``reward_curve.png``: training reward per epoch and held-out reward per evaluation."""

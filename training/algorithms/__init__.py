@@ -6,6 +6,7 @@ from .ddpo import DDPO, DDPOConfig
 from .dpo import DiffusionDPO, DPOConfig
 from .dro import DRO, DROConfig
 from .flow_grpo import FlowGRPO, FlowGRPOConfig
+from .ipo import IPO, IPOConfig
 from .kto import DiffusionKTO, KTOConfig
 from .pool import CheckpointPool
 from .preference import PreferenceAlgorithm
@@ -15,7 +16,8 @@ from .smpo import SmPO, SmPOConfig
 __all__ = [
     "ALGORITHMS", "AWM", "AWMConfig", "Algorithm", "AlignProp", "AlignPropConfig", "DRaFT", "DRaFTConfig",
     "ReFL", "ReFLConfig", "RewardBackprop", "CheckpointPool", "DDPO", "DDPOConfig", "DPOConfig", "DRO",
-    "DROConfig", "DiffusionDPO", "DiffusionKTO", "FlowGRPO", "FlowGRPOConfig", "KTOConfig", "PreferenceAlgorithm",
+    "DROConfig", "DiffusionDPO", "DiffusionKTO", "FlowGRPO", "FlowGRPOConfig", "IPO", "IPOConfig", "KTOConfig",
+    "PreferenceAlgorithm",
     "SePPO", "SePPOConfig", "SmPO", "SmPOConfig",
     "clipped_policy_loss", "register_algorithm",
 ]

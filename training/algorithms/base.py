@@ -150,6 +150,9 @@ class Algorithm:
     default_advantage_mode: ClassVar[str | None] = "group"
     #: why ``advantage.drop_zero`` is refused (empty: the filter is allowed)
     drop_zero_refused: ClassVar[str] = ""
+    #: what a training rollout keeps of its trajectory: ``"all"`` (every step's latents, to re-score
+    #: transitions) or ``"final"`` (the clean result only; a video trajectory of every step is large)
+    rollout_latents: ClassVar[str] = "all"
 
     def __init__(self, config: Config):
         self.config = config
@@ -242,18 +245,21 @@ class Algorithm:
         return batch, self.config.train.batch_size, {}
 
     def evaluation_rollout(self, prompts: list[str], generator) -> Rollout:
-        """Held-out samples with the ``[eval]`` sampler settings (no gradients, decoded media)."""
+        """Held-out samples with the ``[eval]`` sampler settings (no gradients, decoded media; only the final
+        latents are kept)."""
         e, s = self.config.eval, self.config.sampling
         return self.adapter.sample(
             prompts, steps=e.steps, guidance_scale=e.guidance_scale, generator=generator,
             negative_prompts=s.negative_prompt or None, stochastic=e.stochastic, eta=s.eta,
-            noise_level=s.noise_level, log_probs=False, height=s.height, width=s.width, num_frames=s.num_frames,
+            noise_level=s.noise_level, log_probs=False, height=s.height, width=s.width,
+            num_frames=e.num_frames or s.num_frames, keep_latents="final",
         )
 
     def rollout(self, prompts: list[str], generator, *, sde_window: tuple[int, int] | None = None,
-                latents: torch.Tensor | None = None) -> Rollout:
-        """Sample one batch with the ``[sampling]`` settings (no gradients); ``sde_window`` and ``latents``
-        are chosen by the loop (``sampling.sde_window``, ``sampling.same_latent``)."""
+                latents: torch.Tensor | None = None, decode: bool = True) -> Rollout:
+        """Sample one batch with the ``[sampling]`` settings (no gradients), keeping the latents the algorithm
+        declares (``rollout_latents``); ``sde_window`` and ``latents`` are chosen by the loop
+        (``sampling.sde_window``, ``sampling.same_latent``)."""
         s = self.config.sampling
         return self.adapter.sample(
             prompts,
@@ -270,6 +276,8 @@ class Algorithm:
             num_frames=s.num_frames,
             sde_window=sde_window,
             latents=latents,
+            keep_latents=self.rollout_latents,
+            decode=decode,
         )
 
     def window_steps(self, batch: Rollout) -> list[int] | None:
@@ -293,6 +301,9 @@ class Algorithm:
 
     def after_epoch(self, epoch: int, global_step: int) -> None:
         pass
+
+    def after_evaluation(self, result: dict[str, Any]) -> None:
+        """Called with :meth:`Trainer.evaluate`'s result (per-prompt rewards included) on every process."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -11,7 +11,8 @@ as the official code writes the paper's ``-log σ(-β T ω(λ_t) [...])`` (``T �
 rather than a sum over dims). With policy = reference, ``L = log 2``. ``sft = true`` trains the plain
 denoising loss on the preferred image only (the official ``--sft``). Logged: implicit accuracy
 ``mean(inside > 0) + ½·mean(inside = 0)``, and the policy and reference errors of both images.
-The reference is the frozen base (LoRA disabled, or the snapshot taken before full fine-tuning).
+The reference is the frozen base (LoRA disabled, or the snapshot taken before full fine-tuning), or a named
+snapshot when another algorithm sets one (IPO: the round's starting model).
 Deliberate difference: the official code asserts epsilon prediction; the loss here is the same on v and
 flow targets (the error is taken in whatever space the model predicts).
 """
@@ -73,7 +74,7 @@ class DiffusionDPO(PreferenceAlgorithm):
         batch, t, noise = micro
         x0 = pair_layout(batch.latents).float()
         errors = denoising_errors(self.adapter, x0, torch.cat([noise, noise]).to(x0), torch.cat([t, t]),
-                                  self.paired_conditioning(batch), reference=None if self.cfg.sft else "base")
+                                  self.paired_conditioning(batch), reference=None if self.cfg.sft else self.reference)
         if self.cfg.sft:
             policy_w, _ = split_pairs(errors.policy)
             return policy_w.mean().float(), {"policy_err_preferred": policy_w.detach().mean().float()}

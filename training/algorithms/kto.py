@@ -10,7 +10,8 @@ averaged over processes, clamped at 0 and detached, ``z0 = max(0, sg(all_reduce_
 ``v = σ`` (``utility = "sigmoid"``, the official default) or ``v = log σ`` (``"loss_averse"``);
 ``λ_D = desirable_weight``, ``λ_U = undesirable_weight`` (1 and 1 officially). Class balance comes from the
 data loader (``data.positive_ratio``, the official weighted sampler), not from loss weights. The reference is
-the frozen base (LoRA disabled, or the snapshot taken before full fine-tuning).
+the frozen base (LoRA disabled, or the snapshot taken before full fine-tuning), or a named snapshot when
+another algorithm sets one (IPO: the round's starting model).
 """
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ class DiffusionKTO(PreferenceAlgorithm):
     def loss(self, micro):
         batch, t, noise = micro
         x0 = batch.latents.float()
-        errors = denoising_errors(self.adapter, x0, noise.to(x0), t, batch.conditioning, reference="base")
+        errors = denoising_errors(self.adapter, x0, noise.to(x0), t, batch.conditioning, reference=self.reference)
         g = errors.reference - errors.policy
         z0 = self.reference_point(g)
         c = self.cfg

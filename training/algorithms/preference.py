@@ -41,12 +41,21 @@ class PreferenceAlgorithm(Algorithm):
     default_advantage_mode = None  # no rewards are collected, so no advantages
     drop_zero_refused = "it filters online advantages; preference data has none"
 
+    def __init__(self, config, *, reference: str = "base", reads_data: bool = True):
+        #: the model the loss compares to: ``"base"`` (the frozen model) or a snapshot name (IPO: the round's start)
+        self.reference = reference
+        #: False when another algorithm supplies the batches (IPO's rounds) and this one gives only the loss
+        self.reads_data = reads_data
+        super().__init__(config)
+
     @property
     def data_config(self):
         return self.config.section("data")
 
     def validate(self) -> None:
         super().validate()
+        if not self.reads_data:
+            return
         data = self.data_config
         if not data.source:
             raise ConfigError(f"data.source is not set: {self.name} trains on {self.data_kind} "
@@ -66,6 +75,8 @@ class PreferenceAlgorithm(Algorithm):
     # ------------------------------------------------------------------------------- data
     def setup(self, trainer) -> None:
         super().setup(trainer)
+        if not self.reads_data:
+            return
         from diffalign.preferences import PreferenceLoader, open_preferences
 
         from ..prompts import derive_seed
