@@ -229,6 +229,10 @@ class RewardTrainConfig:
     noise_std: float = 0.08
     steps: int = 1500
     batch_size: int = 64
+    # measured (held-out Spearman on own captions): 0.49 at these defaults; 0.39 with a quarter of every batch
+    # generated, 2-pixel shifts and head dropout 0.3 (the generated images are the scarce, informative data)
+    generated_fraction: float = 0.5  # of every batch
+    max_shift: int = 0  # pixels of random translation (edge-replicated) of the training images
     lr: float = 2e-3
     weight_decay: float = 0.01
     sample_batch: int = 32
@@ -393,15 +397,26 @@ def agreement(model: ShapesRewardModel, pairs: Pairs) -> dict[str, float]:
     }
 
 
+def shift_images(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Translate each image by up to ``max_shift`` pixels in x and y, filling with the edge pixels."""
+    if max_shift <= 0:
+        return images
+    size = images.shape[-1]
+    padded = F.pad(images, (max_shift,) * 4, mode="replicate")
+    offsets = torch.randint(0, 2 * max_shift + 1, (images.shape[0], 2), generator=generator).tolist()
+    return torch.stack([padded[i, :, dy : dy + size, dx : dx + size] for i, (dy, dx) in enumerate(offsets)])
+
+
 def train_model(config: RewardTrainConfig, data: dict[str, Pairs], progress: bool = True) -> tuple[ShapesRewardModel, list[float]]:
-    """Adam(W) with linear warm-up and cosine decay; every batch is half rendered, half generated pairs."""
+    """AdamW with linear warm-up and cosine decay; ``generated_fraction`` of every batch are generated pairs,
+    the rest rendered ones; images are randomly shifted by up to ``max_shift`` pixels."""
     from tqdm.auto import tqdm
 
     torch.manual_seed(config.seed)
     model = ShapesRewardModel()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed + 1)
-    half = config.batch_size // 2
+    generated = int(round(config.batch_size * config.generated_fraction))
     sources = [data["rendered"], data["generated"]]
     losses: list[float] = []
     bar = tqdm(range(config.steps), desc="training shapes-reward", disable=not progress, mininterval=2.0)
@@ -411,12 +426,12 @@ def train_model(config: RewardTrainConfig, data: dict[str, Pairs], progress: boo
         for group in optimizer.param_groups:
             group["lr"] = config.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / config.steps)))
         images, captions, targets = [], [], []
-        for pairs, count in zip(sources, (config.batch_size - half, half)):
+        for pairs, count in zip(sources, (config.batch_size - generated, generated)):
             pick = torch.randint(len(pairs), (count,), generator=generator)
             images.append(pairs.images[pairs.index[pick]].float() / 255)  # no flips: relations are not mirror-symmetric
             captions.extend(pairs.captions[i] for i in pick.tolist())
             targets.append(pairs.targets[pick])
-        logits = model(torch.cat(images), captions)
+        logits = model(shift_images(torch.cat(images), config.max_shift, generator), captions)
         loss = F.binary_cross_entropy_with_logits(logits, torch.cat(targets))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -449,6 +464,7 @@ def train(config: RewardTrainConfig, out: str | Path, data_cache: str | Path | N
         "pairs": {name: len(p) for name, p in data.items()},
         "judge_mean": {name: float(p.targets.mean()) for name, p in data.items()},
         "data_seconds": round(data_seconds, 1),
+        "data_from_cache": cache is not None and data_seconds < 60,
         "train_seconds": round(time.time() - started - data_seconds, 1),
         "final_loss": sum(losses[-100:]) / len(losses[-100:]),
         "held_out": held,
