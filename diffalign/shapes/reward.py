@@ -370,8 +370,11 @@ def load_pairs(path: str | Path) -> dict[str, Pairs]:
 
 # -------------------------------------------------------------------------------- training
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    """Spearman rank correlation (scipy's, ties averaged)."""
-    from scipy.stats import spearmanr
+    """Spearman rank correlation (scipy's, ties averaged; ``pip install diffalign[shapes-reward]``)."""
+    try:
+        from scipy.stats import spearmanr
+    except ModuleNotFoundError:
+        raise UserError("the shapes-reward agreement needs scipy: pip install 'diffalign[shapes-reward]'") from None
 
     return float(spearmanr(list(a), list(b)).statistic)
 
