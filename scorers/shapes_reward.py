@@ -18,9 +18,9 @@ from diffalign.scorers.base import Scorer, freeze, register_scorer
 
 
 def _shipped() -> str:
-    from diffalign.shapes.reward import shipped_path
+    from diffalign.assets_path import asset_path
 
-    return str(shipped_path())
+    return str(asset_path("models", "shapes-reward"))  # diffalign.shapes.reward.shipped_path(), without its imports
 
 
 @register_scorer("shapes_reward")
