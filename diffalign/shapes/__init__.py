@@ -2,6 +2,7 @@
 
 * :mod:`diffalign.shapes.world`: scene sampling, caption grammar, renderer, datasets.
 * :mod:`diffalign.shapes.judge`: rule-based detector and GenEval-rule verdicts (reward and benchmark).
+* :mod:`diffalign.shapes.reward`: ``shapes-reward``, a learnt differentiable proxy of the judge (scorer ``shapes_reward``).
 """
 from __future__ import annotations
 
