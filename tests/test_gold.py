@@ -113,8 +113,9 @@ def test_a_run_with_a_gold_scorer_logs_both_and_warns_once_when_the_proxy_is_hac
     assert [r[HACKING_KEY] for r in evals] == [0.0, 0.0, 1.0, 1.0]
     warnings = [r.message for r in caplog.records if "reward hacking" in r.message]
     assert len(warnings) == 1 and "\n" not in warnings[0] and "epochs 0-2" in warnings[0]
+    assert "proxy brightness rose" in warnings[0] and "gold shapes fell" in warnings[0]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["gold"] == "shapes" and len(summary["reward_hacking"]) == 1
+    assert summary["gold"] == "shapes" and summary["proxy"] == "brightness" and len(summary["reward_hacking"]) == 1
     assert summary["reward_hacking"][0]["epoch"] == 2 and summary["reward_hacking"][0]["gold_change"] == pytest.approx(-0.1)
     assert (tmp_path / "run" / "reward_curve.png").stat().st_size > 0
     card = (tmp_path / "run" / "final" / "README.md").read_text()

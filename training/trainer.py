@@ -177,6 +177,9 @@ class Trainer:
         set_seed(run.seed, device_specific=True)
 
         self.reward = self._load_reward(reward)
+        # what the logs and summary.json call the proxy: the spec, or the given callable's name
+        self.reward_name = (self.config.reward.spec if reward is None else reward if isinstance(reward, str)
+                            else getattr(reward, "name", getattr(reward, "__name__", type(reward).__name__)))
         self.gold = self._load_reward(self.config.eval.gold, self.config.eval.gold_options) if self.config.eval.gold else None
         self._train_source = (ListSource(train_prompts, "train") if train_prompts
                               else prompt_source(self.config.prompts.train, self.config.prompts.train_list,
@@ -536,7 +539,7 @@ class Trainer:
         result[HACKING_KEY] = float(holds)
         if alarm is None:
             return
-        message = alarm.message(self.config.reward.spec if isinstance(self.config.reward.spec, str) else "reward", e.gold)
+        message = alarm.message(self.reward_name, e.gold)
         logger.warning(message)
         self._print(f"WARNING: {message}")
         self.reward_hacking.append({**alarm.as_dict(), "message": message})
@@ -548,7 +551,7 @@ class Trainer:
         evaluations = [h for h in self.history if "eval/reward_mean" in h]
         last = evaluations[-1] if evaluations else {}
         summary = {
-            "algorithm": self.config.run.algorithm, "proxy": self.config.reward.spec, "gold": self.config.eval.gold or None,
+            "algorithm": self.config.run.algorithm, "proxy": self.reward_name, "gold": self.config.eval.gold or None,
             "epoch": self.epoch, "last_evaluation": {k: v for k, v in last.items() if k.startswith("eval/")},
             "reward_hacking": self.reward_hacking,
         }
