@@ -274,6 +274,13 @@ class EvalConfig:
     num_frames: int | None = None
     #: video models: frames per second of the evaluation MP4 (empty: ``sampling.fps``)
     fps: int | None = None
+    #: a scorer spec scored beside the reward at every evaluation and never optimised ("" = none), e.g. "shapes"
+    gold: str = ""
+    gold_options: dict[str, Any] = field(default_factory=dict)
+    #: reward hacking = the reward rose by more than the tolerance while the gold fell by more than it,
+    #: between the first and the last of this many evaluations (diffalign.training.gold)
+    hacking_window: int = 3
+    hacking_tolerance: float = 0.0
 
     def validate(self) -> None:
         _positive(self, "eval", ("steps", "batch_size"))
@@ -282,6 +289,10 @@ class EvalConfig:
                 raise ConfigError(f"eval.{key} must be positive, got {getattr(self, key)}")
         _at_most(self, "eval", {"steps": MAX_STEPS})
         _non_negative(self, "eval", ("every", "grid_images"))
+        if self.hacking_window < 2:
+            raise ConfigError(f"eval.hacking_window must span at least 2 evaluations, got {self.hacking_window}")
+        if not math.isfinite(self.hacking_tolerance) or self.hacking_tolerance < 0:
+            raise ConfigError(f"eval.hacking_tolerance must be a finite number >= 0, got {self.hacking_tolerance}")
 
 
 def _positive(section: Any, name: str, keys: Sequence[str]) -> None:

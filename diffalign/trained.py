@@ -561,7 +561,13 @@ def write_model_card(
         lines.append("- **Recipe:** none (the config was given in Python); the full config is the run's `config.toml`")
     held = _heldout_rows(run_dir, history)
     lines += ["", "## Held-out reward", ""]
-    if held:
+    gold = data.get("eval", {}).get("gold") or ""
+    if held and gold:  # the gold scorer beside the proxy (diffalign.training.gold)
+        lines += [f"Gold scorer `{gold}` (never optimised) beside the reward.", "",
+                  "| epoch | eval/reward_mean | eval/reward_std | eval/gold_mean | reward hacking |", "|---|---|---|---|---|"]
+        lines += [f"| {r.get('epoch', '?')} | {r['eval/reward_mean']:.4f} | {r.get('eval/reward_std', float('nan')):.4f} | "
+                  f"{r.get('eval/gold_mean', float('nan')):.4f} | {'yes' if r.get('eval/reward_hacking') else ''} |" for r in held]
+    elif held:
         lines += ["| epoch | eval/reward_mean | eval/reward_std |", "|---|---|---|"]
         lines += [f"| {r.get('epoch', '?')} | {r['eval/reward_mean']:.4f} | {r.get('eval/reward_std', float('nan')):.4f} |" for r in held]
     else:

@@ -5,7 +5,7 @@
 >>> reward(images, prompts)                                                 # doctest: +SKIP
 
 Built-in names: ``clip``, ``pickscore``, ``aesthetic``, ``aesthetic_v1``, ``hps``, ``imagereward``,
-``jpeg_compressibility``, ``jpeg_incompressibility``, ``shapes``, ``shapes_video`` (and the MLLM ``critic`` where
+``jpeg_compressibility``, ``jpeg_incompressibility``, ``shapes``, ``shapes_video``, ``shapes_reward`` (and the MLLM ``critic`` where
 present). Other packages add scorers through the ``diffalign.scorers`` entry-point group.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from diffalign.scorers.base import (
 )
 
 #: modules whose import registers built-in scorers; model libraries are imported only when built.
-BUILTIN_MODULES = ("clip", "pickscore", "aesthetic", "hps", "imagereward", "jpeg", "shapes", "critic")
+BUILTIN_MODULES = ("clip", "pickscore", "aesthetic", "hps", "imagereward", "jpeg", "shapes", "shapes_reward", "critic")
 _imported = False
 
 

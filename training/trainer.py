@@ -177,6 +177,10 @@ class Trainer:
         set_seed(run.seed, device_specific=True)
 
         self.reward = self._load_reward(reward)
+        # what the logs and summary.json call the proxy: the spec, or the given callable's name
+        self.reward_name = (self.config.reward.spec if reward is None else reward if isinstance(reward, str)
+                            else getattr(reward, "name", getattr(reward, "__name__", type(reward).__name__)))
+        self.gold = self._load_reward(self.config.eval.gold, self.config.eval.gold_options) if self.config.eval.gold else None
         self._train_source = (ListSource(train_prompts, "train") if train_prompts
                               else prompt_source(self.config.prompts.train, self.config.prompts.train_list,
                                                  self.config.prompts.options))
@@ -192,6 +196,7 @@ class Trainer:
         self.global_step = 0
         self.consecutive_bad_steps = 0
         self.history: list[dict[str, Any]] = []
+        self.reward_hacking: list[dict[str, Any]] = []  # onsets (diffalign.training.gold), also in summary.json
         self._trackers_started = False
 
     # ------------------------------------------------------------------------------- setup
@@ -227,6 +232,8 @@ class Trainer:
         self.algorithm.check_reward(self.config.reward.spec if reward is None else reward)
         if not train_prompts:
             prompt_source(self.config.prompts.train, self.config.prompts.train_list, self.config.prompts.options)
+        if self.config.eval.gold:
+            scorer_spec(self.config.eval.gold, self.config.eval.gold_options, what="eval.gold scorer")
 
     def _load_adapter(self, adapter):
         from diffalign.pipelines import load
@@ -257,13 +264,13 @@ class Trainer:
                                   num_training_steps=total_steps)
         self.optimizer, self.lr_scheduler = self.accelerator.prepare(optimizer, scheduler)
 
-    def _load_reward(self, reward) -> Reward:
+    def _load_reward(self, reward, options: dict[str, Any] | None = None) -> Reward:
         if reward is None:
             reward = self.config.reward.spec
         if isinstance(reward, str):
             from diffalign import scorers
 
-            reward = scorers.load(reward, **self.config.reward.options)
+            reward = scorers.load(reward, **(self.config.reward.options if options is None else options))
         if isinstance(reward, torch.nn.Module):
             reward = reward.to(self.accelerator.device).eval()
         if not callable(reward):
@@ -291,9 +298,10 @@ class Trainer:
         seed = self.config.run.seed
         return [torch.Generator("cpu").manual_seed(derive_seed(seed, *tags, int(i))) for i in indices]
 
-    def score(self, media: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    def score(self, media: torch.Tensor, prompts: list[str], scorer: Reward | None = None) -> torch.Tensor:
+        """Scores of ``media`` by the reward (or by ``scorer``, e.g. the gold one), without gradient."""
         with torch.no_grad():
-            rewards = self.reward(media, list(prompts))
+            rewards = (scorer or self.reward)(media, list(prompts))
         rewards = torch.as_tensor(rewards, dtype=torch.float32).reshape(-1)
         if rewards.shape[0] != len(prompts):
             raise ValueError(f"reward returned {rewards.shape[0]} values for {len(prompts)} samples")
@@ -472,12 +480,18 @@ class Trainer:
     def evaluate(self, prompts: Sequence[str] | None = None, *, save_grid: bool = True) -> dict[str, Any]:
         """Mean reward on the held-out prompts with the deterministic (or ``eval``) sampler and fixed noise,
         using the EMA weights when ``eval.use_ema``. Logs ``eval/reward_mean`` and ``eval/reward_std``; the
-        returned dict also holds ``eval/rewards``, one reward per prompt in prompt order (for paired tests)."""
+        returned dict also holds ``eval/rewards``, one reward per prompt in prompt order (for paired tests).
+
+        With ``eval.gold``, the same samples are scored by the gold scorer too (``eval/gold_mean``,
+        ``eval/gold_std``, ``eval/golds``), and on the run's held-out prompts the reward-hacking check
+        (:mod:`diffalign.training.gold`) runs: ``eval/reward_hacking`` is 1.0 while it holds, and each onset
+        warns once and is recorded in ``summary.json``."""
         e = self.config.eval
         acc = self.accelerator
+        held_out = prompts is None
         prompts = list(prompts or self.eval_prompts)
         mine = list(range(acc.process_index, len(prompts), acc.num_processes))
-        rewards, media = [], []
+        rewards, golds, media = [], [], []
         context = self.ema_weights() if e.use_ema else contextlib.nullcontext()
         with context, torch.no_grad(), acc.autocast():
             for start in range(0, len(mine), e.batch_size):
@@ -486,24 +500,36 @@ class Trainer:
                 rollout = self.algorithm.evaluation_rollout(
                     batch_prompts, [torch.Generator("cpu").manual_seed(derive_seed(e.seed, "eval", i)) for i in idx])
                 rewards.append(self.score(rollout.media, batch_prompts).cpu())
+                if self.gold is not None:
+                    golds.append(self.score(rollout.media, batch_prompts, self.gold).cpu())
                 kept = sum(m.shape[0] for m in media)
                 if kept < e.grid_images:  # only what the grid shows: a held-out set of videos is large
                     media.append(rollout.media[: e.grid_images - kept].float().cpu())
-        local = list(zip(mine, torch.cat(rewards).tolist() if rewards else []))
+        flat_golds = torch.cat(golds).tolist() if golds else [float("nan")] * len(mine)
+        local = list(zip(mine, torch.cat(rewards).tolist() if rewards else [], flat_golds))
         if acc.num_processes > 1:
             from accelerate.utils import gather_object
 
             local = gather_object(local)
-        values = torch.tensor([r for _, r in sorted(local)])
+        ordered = sorted(local)
+        values = torch.tensor([r for _, r, _ in ordered])
         result = {"epoch": self.epoch, "global_step": self.global_step,
                   "eval/reward_mean": float(values.mean()), "eval/reward_std": float(values.std(unbiased=False))}
+        gold_values = None
+        if self.gold is not None:
+            gold_values = torch.tensor([g for _, _, g in ordered])
+            result.update({"eval/gold_mean": float(gold_values.mean()), "eval/gold_std": float(gold_values.std(unbiased=False))})
         if self._trackers_started:
+            if self.gold is not None and held_out:
+                self._check_reward_hacking(result)
             self._log(result)
             if self._is_main():
                 if save_grid and media and e.grid_images:
                     self._save_eval_grid(torch.cat(media)[: e.grid_images])
                 self.plot_rewards()
-        result = {**result, "eval/rewards": values.tolist()}
+                self.write_summary()
+        extra = {"eval/golds": gold_values.tolist()} if gold_values is not None else {}
+        result = {**result, "eval/rewards": values.tolist(), **extra}
         self.algorithm.after_evaluation(result)
         return result
 
@@ -518,6 +544,36 @@ class Trainer:
             save_video_grid(media, stem.with_suffix(".mp4"), fps=fps)
             return save_frame_strip(media, stem.with_suffix(".png"), max_frames=16)
         return save_grid(media, stem.with_suffix(".png"))
+
+    def _check_reward_hacking(self, result: dict[str, Any]) -> None:
+        """Set ``eval/reward_hacking`` on ``result``; at an onset, warn once and record it in ``summary.json``."""
+        from .gold import HACKING_KEY, hacking_alarm
+
+        e = self.config.eval
+        holds, alarm = hacking_alarm([*self.history, result], e.hacking_window, e.hacking_tolerance)
+        result[HACKING_KEY] = float(holds)
+        if alarm is None:
+            return
+        message = alarm.message(self.reward_name, e.gold)
+        logger.warning(message)
+        self._print(f"WARNING: {message}")
+        self.reward_hacking.append({**alarm.as_dict(), "message": message})
+
+    def write_summary(self) -> Path | None:
+        """``summary.json``: the proxy and gold scorers, the last held-out means and every reward-hacking onset."""
+        if not self._is_main():
+            return None
+        evaluations = [h for h in self.history if "eval/reward_mean" in h]
+        last = evaluations[-1] if evaluations else {}
+        summary = {
+            "algorithm": self.config.run.algorithm, "proxy": self.reward_name, "gold": self.config.eval.gold or None,
+            "epoch": self.epoch, "last_evaluation": {k: v for k, v in last.items() if k.startswith("eval/")},
+            "reward_hacking": self.reward_hacking,
+        }
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path = self.run_dir / "summary.json"
+        path.write_text(json.dumps(summary, indent=2) + "\n")
+        return path
 
     def plot_rewards(self) -> Path | None:
         """``reward_curve.png``: training reward per epoch and held-out reward per evaluation."""
@@ -539,6 +595,7 @@ class Trainer:
             "normalizer": self.normalizer.state_dict(),
             "accelerator_step": self.accelerator.step,
             "history": self.history,
+            "reward_hacking": self.reward_hacking,
             "algorithm": self.config.run.algorithm,
         }
         path = write_checkpoint(
@@ -589,6 +646,7 @@ class Trainer:
         self.consecutive_bad_steps = state["consecutive_bad_steps"]
         self.accelerator.step = state.get("accelerator_step", 0)
         self.history = list(state.get("history", []))
+        self.reward_hacking = list(state.get("reward_hacking", []))
         if "rng" in data:
             restore_rng_state(data["rng"])
         self._print(f"resumed from {found} (epoch {self.epoch}, optimizer step {self.global_step})")

@@ -4,6 +4,7 @@
 * :mod:`diffalign.shapes.judge`: rule-based detector and GenEval-rule verdicts (reward and benchmark).
 * :mod:`diffalign.shapes.motion`: ShapesWorld in motion (clips, motion captions, renderer, datasets).
 * :mod:`diffalign.shapes.video_judge`: tracks across frames and exact motion verdicts (scorer ``shapes_video``).
+* :mod:`diffalign.shapes.reward`: ``shapes-reward``, a learnt differentiable proxy of the judge (scorer ``shapes_reward``).
 """
 from __future__ import annotations
 
