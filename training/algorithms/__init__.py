@@ -4,6 +4,7 @@ from .awm import AWM, AWMConfig
 from .ddpo import DDPO, DDPOConfig
 from .dpo import DiffusionDPO, DPOConfig
 from .dro import DRO, DROConfig
+from .find import FIND, FINDConfig
 from .flow_grpo import FlowGRPO, FlowGRPOConfig
 from .kto import DiffusionKTO, KTOConfig
 from .pool import CheckpointPool
@@ -13,7 +14,7 @@ from .smpo import SmPO, SmPOConfig
 
 __all__ = [
     "ALGORITHMS", "AWM", "AWMConfig", "Algorithm", "CheckpointPool", "DDPO", "DDPOConfig", "DPOConfig", "DRO",
-    "DROConfig", "DiffusionDPO", "DiffusionKTO", "FlowGRPO", "FlowGRPOConfig", "KTOConfig", "PreferenceAlgorithm",
+    "DROConfig", "DiffusionDPO", "FIND", "FINDConfig", "DiffusionKTO", "FlowGRPO", "FlowGRPOConfig", "KTOConfig", "PreferenceAlgorithm",
     "SePPO", "SePPOConfig", "SmPO", "SmPOConfig",
     "clipped_policy_loss", "register_algorithm",
 ]
