@@ -49,7 +49,7 @@ def test_the_objective_equals_an_independent_computation(tiny_model, tmp_path, a
     trainer = find_trainer(tiny_model, tmp_path / "run", anchor=anchor)
     algorithm = trainer.algorithm
     with torch.no_grad():  # a policy away from N(0, I), so the two anchors differ
-        algorithm.policy.mu.add_(0.05 * torch.randn_like(algorithm.policy.mu))
+        algorithm.policy.mu.add_(1.0 + 0.05 * torch.randn_like(algorithm.policy.mu))
         algorithm.policy.sigma.mul_(1.1)
     batch = trainer.collect(0)
     rewards = batch.rewards.float()
@@ -58,13 +58,13 @@ def test_the_objective_equals_an_independent_computation(tiny_model, tmp_path, a
     assert torch.allclose(batch.extras["advantages"], expected_adv)
     with torch.no_grad():  # the law that drew z: mu + sigma * eps of the model's own noise
         z = batch.latents[:, 0]
-        mu = algorithm.policy.mu.expand_as(z)
-        sigma = algorithm.policy.sigma.expand_as(z)
+        mu = algorithm.policy.mu.detach().clone().expand_as(z)
+        sigma = algorithm.policy.sigma.detach().clone().expand_as(z)
         algorithm.policy.mu.add_(0.02)  # one "update" after collection: the previous iterate is the drawing one
-    mu_now = algorithm.policy.mu.expand_as(z)
+    mu_now = algorithm.policy.mu.detach().clone().expand_as(z)
     loss, stats = algorithm.loss(batch)
     anchor_log_prob = normal_log_prob(z, mu, sigma) if anchor == "previous" else normal_log_prob(z, torch.zeros_like(z), torch.ones_like(z))
-    expected, ratio = reference_loss(z, mu_now.detach(), sigma, anchor_log_prob, expected_adv)
+    expected, ratio = reference_loss(z, mu_now, sigma, anchor_log_prob, expected_adv)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
     assert stats["ratio"].item() == pytest.approx(ratio.mean().item(), rel=1e-4)
     if anchor == "previous":  # the ratio to the drawing iterate only reflects the one small update
