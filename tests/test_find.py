@@ -177,3 +177,16 @@ def test_find_config_is_checked(tiny_model):
                          ("model.lora=true", "model.lora = true"), ("find.anchor=\"last\"", "find.anchor")):
         with pytest.raises(ConfigError, match=message):
             ALGORITHMS.get("find")(load_config(find_config(path), [key]))
+
+
+def test_demo_trains_a_per_prompt_noise_law(tmp_path, tiny_shapes_models):
+    from diffalign.demo import run_demo
+
+    from .test_demo import TINY_DEMO
+
+    result = run_demo(tmp_path / "demo", algorithm="find", model=str(tiny_shapes_models / "shapes-sd"), epochs=1,
+                      prompts_per_task=1, images_per_prompt=1, overrides=TINY_DEMO, progress=False, log=lambda *a: None)
+    assert (result.out / "summary.json").is_file()
+    saved = load_file(str(result.out / "train" / "final" / "noise.safetensors"))
+    assert saved["mu_basis"].abs().max() > 0  # the per-prompt law trained; the model itself has no weights saved
+    assert sorted(p.name for p in (result.out / "train" / "final").glob("*.safetensors")) == ["noise.safetensors"]
