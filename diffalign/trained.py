@@ -62,7 +62,8 @@ NOISE_POLICY_FILE = "noise.safetensors"
 
 #: Loaders for trainables that are not the denoiser (keys ``prefix/name`` in a checkpoint, or
 #: ``final/prefix.safetensors``), e.g. a learned noise distribution (``noise/mu``). A loader is
-#: ``loader(adapter, tensors: dict[str, Tensor]) -> None`` with the prefix stripped from the names.
+#: ``loader(adapter, tensors: dict[str, Tensor]) -> None`` with the prefix stripped from the names; an optional
+#: ``loader.check(adapter, tensors)`` checks the fit without changing the adapter. Both raise ``ValueError``.
 NON_DENOISER_LOADERS: Registry[Callable[..., None]] = Registry("non-denoiser trainable", entry_point_group="diffalign.trainables")
 
 # "<component>.<module path>.<lora marker>..." in diffusers' peft format (and the older lora.down/up one)
@@ -166,10 +167,10 @@ class TrainedWeights:
         denoiser = adapter.trainable_denoiser
         if self.kind == "lora":
             self._check_diffusers_lora(adapter)
-            self._check_other(self._denoiser_and_other()[1] if self.extra_files else {})
+            self._check_other(self._denoiser_and_other()[1] if self.extra_files else {}, adapter)
             return
         state, other = self._denoiser_and_other()
-        self._check_other(other)
+        self._check_other(other, adapter)
         if not state and other:  # a frozen model with other trainables (FIND's noise law)
             return
         if self.kind == "denoiser_state":
@@ -184,12 +185,19 @@ class TrainedWeights:
                 _check_lora_module(self.path, key, match["module"], match["kind"], value, modules,
                                    adapter.denoiser_name, adapter)
 
-    def _check_other(self, other: Mapping[str, Any]) -> None:
+    def _check_other(self, other: Mapping[str, Any], adapter=None) -> None:
         unknown = [p for p in other if p not in NON_DENOISER_LOADERS]
         if unknown:
             raise TrainedModelError(
                 f"{self.path}: holds trainables that are not the denoiser ({', '.join(sorted(unknown))}); "
                 "this version cannot load them (register a loader in diffalign.trained.NON_DENOISER_LOADERS)")
+        for prefix, tensors in other.items():
+            check = getattr(NON_DENOISER_LOADERS.get(prefix), "check", None)
+            if adapter is not None and check is not None:
+                try:
+                    check(adapter, tensors)
+                except ValueError as err:
+                    raise TrainedModelError(f"{self.extra_files.get(prefix, self.path)}: {err}") from None
 
     def _check_diffusers_lora(self, adapter) -> None:
         pipe = adapter.pipe
@@ -673,4 +681,11 @@ def _load_noise_policy(adapter, tensors: dict[str, torch.Tensor]) -> None:
     load_noise_policy(adapter, tensors)
 
 
+def _check_noise_policy(adapter, tensors: dict[str, torch.Tensor]) -> None:
+    from diffalign.training.algorithms.find import check_noise_policy
+
+    check_noise_policy(adapter, tensors)
+
+
+_load_noise_policy.check = _check_noise_policy  # type: ignore[attr-defined]
 NON_DENOISER_LOADERS.register("noise", _load_noise_policy)

@@ -190,3 +190,19 @@ def test_demo_trains_a_per_prompt_noise_law(tmp_path, tiny_shapes_models):
     saved = load_file(str(result.out / "train" / "final" / "noise.safetensors"))
     assert saved["mu_basis"].abs().max() > 0  # the per-prompt law trained; the model itself has no weights saved
     assert sorted(p.name for p in (result.out / "train" / "final").glob("*.safetensors")) == ["noise.safetensors"]
+
+
+def test_eval_compare_takes_a_noise_policy_and_checks_it_before_sampling(tmp_path, tiny_shapes_models, capsys):
+    from .test_trained_model import EVAL
+
+    model = str(tiny_shapes_models / "shapes-sd")
+    shape = tuple(load(model).prepare_latents(1, torch.Generator().manual_seed(0)).shape[1:])
+    good = _write_policy(tmp_path / "good", shape)
+    assert main(["eval", "shapes", "--model", model, "--noise-policy", str(good), "--compare", "--out",
+                 str(tmp_path / "cmp"), *EVAL]) == 0
+    assert (tmp_path / "cmp" / "compare.json").is_file()
+    wrong = _write_policy(tmp_path / "wrong", (4, 3, 3))
+    assert main(["eval", "shapes", "--model", model, "--noise-policy", str(wrong), "--compare", "--out",
+                 str(tmp_path / "bad"), *EVAL]) == 2
+    assert "is for latents of shape (4, 3, 3)" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "before").exists()  # refused before the first image

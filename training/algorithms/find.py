@@ -50,7 +50,8 @@ from diffalign.config import ConfigError, register_section
 
 from .base import Algorithm, ParamGroup, mean_over_sample, register_algorithm
 
-__all__ = ["FIND", "FINDConfig", "NoisePolicy", "ValueNetwork", "find_loss", "gaussian_log_prob", "load_noise_policy",
+__all__ = ["FIND", "FINDConfig", "NoisePolicy", "ValueNetwork", "check_noise_policy", "find_loss", "gaussian_log_prob",
+           "load_noise_policy",
            "prompt_embedding"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -374,9 +375,9 @@ class FIND(Algorithm):
         self.buffer_features, self.buffer_rewards = state["buffer_features"], state["buffer_rewards"]
 
 
-def load_noise_policy(adapter, tensors: Mapping[str, torch.Tensor]) -> NoisePolicy:
-    """Install a saved noise law on ``adapter`` (``adapter.sample`` then draws its initial noise from it).
-    Raises ``ValueError`` naming the problem when the tensors are no policy or do not fit the model."""
+def check_noise_policy(adapter, tensors: Mapping[str, torch.Tensor]) -> NoisePolicy:
+    """The policy ``tensors`` hold, checked against ``adapter``'s model (latent shape, prompt-embedding width);
+    raises ``ValueError`` naming the problem. Nothing is installed."""
     policy = NoisePolicy.from_tensors(tensors)
     expected = tuple(adapter.prepare_latents(1, torch.Generator("cpu").manual_seed(0)).shape[1:])
     if expected != policy.latent_shape:
@@ -387,5 +388,12 @@ def load_noise_policy(adapter, tensors: Mapping[str, torch.Tensor]) -> NoisePoli
         wanted = policy.encoder[0].in_features
         if dim != wanted:
             raise ValueError(f"the per-prompt noise policy takes prompt embeddings of width {wanted}, the model's are {dim}")
+    return policy
+
+
+def load_noise_policy(adapter, tensors: Mapping[str, torch.Tensor]) -> NoisePolicy:
+    """Install a saved noise law on ``adapter`` (``adapter.sample`` then draws its initial noise from it), after
+    :func:`check_noise_policy`."""
+    policy = check_noise_policy(adapter, tensors)
     adapter.noise_policy = policy.to(adapter.device)
     return policy
