@@ -47,7 +47,8 @@ DEFAULT_ALGORITHM = "awm"
 DEMO_SETTINGS.update({"seppo": ("shapes-sd", 20), "dro": ("shapes-sd", 20), "find": ("shapes-sd", 30)})
 #: recipe overrides of an algorithm's demo: FIND's recipe trains one prompt; the demo evaluates ShapesEval's
 #: prompts, so it trains the multi-prompt variant (one noise law per prompt from its embedding)
-DEMO_OVERRIDES: dict[str, list[str]] = {"find": ["prompts.train_list=[]", "find.per_prompt=true"]}
+DEMO_OVERRIDES: dict[str, list[str]] = {"find": ["prompts.train_list=[]", "find.per_prompt=true", "sampling.group_size=4",
+                                                 "find.value_steps=20", "find.value_learning_rate=1e-2", "find.kl_weight=1.0"]}
 #: captions of DRO's demo data (one rendered expert each)
 DEMO_DATA_PROMPTS = {"dro": 256}
 
