@@ -95,6 +95,10 @@ def test_training_keeps_the_model_bit_identical_clamps_sigma_and_saves_the_law(t
     saved = load_file(str(tmp_path / "run" / "final" / "noise.safetensors"))
     assert torch.equal(saved["mu"], policy.mu.detach()) and torch.equal(saved["sigma"], policy.sigma.detach())
     assert "value_net" in trainer.algorithm.state_dict()  # the value network is the algorithm's, not a group
+    # the run loads with --run (final/ and a checkpoint, which holds only noise/... weights) and --noise-policy
+    for kwargs in ({"run": tmp_path / "run"}, {"run": tmp_path / "run", "checkpoint": 2},
+                   {"model": str(tiny_model("sd15")), "noise_policy": tmp_path / "run"}):
+        assert torch.equal(load_trained_model(**kwargs).noise_policy.mu, policy.mu.detach()), kwargs
 
 
 def test_per_prompt_law_depends_on_the_prompt_and_round_trips(tiny_model, tmp_path):
@@ -135,17 +139,6 @@ def test_sample_and_eval_use_a_saved_noise_policy(tiny_model, tmp_path, capsys):
     assert main(["sample", "--model", model, "--noise-policy", str(policy_dir), "--prompt", "a red square",
                  "--num-images", "1", "--steps", "2", "--out", str(out)]) == 0
     assert out.stat().st_size > 0
-
-
-def test_a_find_run_folder_loads_with_run_and_noise_policy(tiny_model, tmp_path):
-    trainer = find_trainer(tiny_model, tmp_path / "run", reward_weight=100.0, anchor="previous")
-    trainer.train()
-    mu = trainer.algorithm.policy.mu.detach()
-    for kwargs in ({"run": tmp_path / "run"}, {"model": str(tiny_model("sd15")), "noise_policy": tmp_path / "run"}):
-        adapter = load_trained_model(**kwargs)
-        assert torch.equal(adapter.noise_policy.mu, mu)
-    adapter = load_trained_model(run=tmp_path / "run", checkpoint=2)  # a checkpoint holds only noise/... weights
-    assert torch.equal(adapter.noise_policy.mu, mu)
 
 
 def test_bad_noise_policies_are_one_line_errors(tiny_model, tmp_path, capsys):
@@ -206,3 +199,15 @@ def test_eval_compare_takes_a_noise_policy_and_checks_it_before_sampling(tmp_pat
                  str(tmp_path / "bad"), *EVAL]) == 2
     assert "is for latents of shape (4, 3, 3)" in capsys.readouterr().err
     assert not (tmp_path / "bad" / "before").exists()  # refused before the first image
+
+
+def test_find_sd15_pins_the_released_values():
+    from diffalign.config import load_config
+    from diffalign.training.trainer import recipe_path
+
+    c = load_config(recipe_path("find_sd15"))
+    f = c.section("find")
+    assert (c.run.epochs, c.sampling.batch_size, c.train.learning_rate, c.train.max_grad_norm) == (150, 1, 1e-3, 0.1)
+    assert (f.reward_weight, f.kl_weight, f.ratio_clip, f.value_learning_rate, f.value_steps) == (10.0, 0.01, 0.2, 1e-4, 5)
+    assert (c.sampling.steps, c.sampling.eta, c.sampling.guidance_scale, c.reward.spec) == (50, 1.0, 7.5, "imagereward")
+    assert f.anchor == "initial" and f.sigma_min == 1e-4 and not f.per_prompt and not c.model.lora
