@@ -3,8 +3,9 @@
 1. Evaluate a shipped ShapesWorld model on a ShapesEval subset (the judge is exact, see
    :mod:`diffalign.shapes.judge`).
 2. Align it with the ``{algorithm}_shapes`` recipe (LoRA): online with the ShapesWorld judge as reward
-   (AWM, DDPO, Flow-GRPO), with the reward's gradient through the last sampler steps on the differentiable
-   ShapesWorld reward model (DRaFT, AlignProp, ReFL), or, for the preference trainers (DPO, KTO, SmPO), offline on preference data
+   (AWM, DDPO, Flow-GRPO; FIND trains a per-prompt initial-noise law of the frozen model instead), with the
+   reward's gradient through the last sampler steps on the differentiable ShapesWorld reward model (DRaFT,
+   AlignProp, ReFL), or, for the preference trainers (DPO, KTO, SmPO), offline on preference data
    the demo builds first from the model's own samples, labelled by the judge (``diffalign prefs build``).
 3. Evaluate again with the same prompts, seeds and sampler settings.
 4. Write to the run folder: ``before_after.png`` (the same prompts and seeds, before | after),
@@ -45,9 +46,13 @@ PREFERENCE_DATA = {"dpo": "pairs.jsonl", "kto": "labels.jsonl", "smpo": "pairs.j
 PREFERENCE_PROMPTS, PREFERENCE_IMAGES, PREFERENCE_STEPS = 192, 4, 10
 DEFAULT_ALGORITHM = "awm"
 #: preference trainers: (shipped model, epochs) as above, and the data each builds under OUT/data first
-DEMO_SETTINGS.update({"seppo": ("shapes-sd", 20), "dro": ("shapes-sd", 20)})
+DEMO_SETTINGS.update({"seppo": ("shapes-sd", 20), "dro": ("shapes-sd", 20), "find": ("shapes-sd", 30)})
 #: reward backpropagation on the differentiable ``shapes_reward`` (the judge stays the held-out measure)
 DEMO_SETTINGS.update({"draft": ("shapes-sd", 20), "alignprop": ("shapes-sd", 20), "refl": ("shapes-sd", 20)})
+#: recipe overrides of an algorithm's demo: FIND's recipe trains one prompt; the demo evaluates ShapesEval's
+#: prompts, so it trains the multi-prompt variant (one noise law per prompt from its embedding)
+DEMO_OVERRIDES: dict[str, list[str]] = {"find": ["prompts.train_list=[]", "find.per_prompt=true", "sampling.group_size=4",
+                                                 "find.value_steps=20", "find.value_learning_rate=1e-2", "find.kl_weight=1.0"]}
 #: captions of DRO's demo data (one rendered expert each)
 DEMO_DATA_PROMPTS = {"dro": 256}
 
@@ -135,7 +140,7 @@ def run_demo(
     recipe = recipe_path(f"{algorithm}_shapes")
     train_overrides = [f"run.epochs={epochs}", f"run.seed={seed}", f"model.source={model}", "eval.at_start=false",
                        f"eval.every={max(1, epochs // 3)}", f"run.progress={str(progress).lower()}",
-                       f"run.checkpoint_every={epochs}", *overrides]
+                       f"run.checkpoint_every={epochs}", *DEMO_OVERRIDES.get(algorithm, []), *overrides]
     config = load_config(recipe, train_overrides)  # a bad --set fails before the model loads
     out.mkdir(parents=True, exist_ok=True)
 
@@ -156,7 +161,7 @@ def run_demo(
         max_prompts_per_task=prompts_per_task, model_name=model, progress=progress,
     )
     log(f"[2/4] ShapesEval before alignment ({prompts_per_task} prompts/task x {images_per_prompt} images)")
-    # a fresh LoRA starts at zero, so this is the base model
+    # a fresh LoRA starts at zero (and a fresh noise law is N(0, I)), so this is the base model
     before = run_shapes_eval(adapter, out / "before", **eval_kwargs)
     log(f"      overall accuracy {before['overall']:.3f}, judge score {before['overall_score']:.3f}")
 

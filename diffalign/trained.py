@@ -7,7 +7,9 @@ takes the same options (:func:`add_trained_model_arguments`):
 * ``--lora DIR`` — any diffusers-format LoRA (ours or another tool's), scaled by ``--lora-scale``;
 * ``--run RUN_DIR`` — a folder written by ``diffalign train``: its ``final/`` weights, or with
   ``--checkpoint N`` the weights saved at epoch ``N`` (the EMA weights when the run evaluated with them,
-  as ``final/`` holds).
+  as ``final/`` holds);
+* ``--noise-policy DIR`` — a learned initial-noise law (a FIND run's ``final/`` holding
+  ``noise.safetensors``, the run folder itself, or the file), alone or with ``--lora``/``--run``.
 
 Resolving (:func:`resolve_trained`) checks the files before any model loads; :meth:`TrainedWeights.check`
 checks that the weights fit the loaded model (component, module names, shapes) before anything samples,
@@ -56,10 +58,12 @@ LORA_FILE = "pytorch_lora_weights.safetensors"
 DENOISER_FILE = "denoiser.safetensors"
 CHECKPOINT_WEIGHTS = "weights.safetensors"
 CARD_FILE = "README.md"
+NOISE_POLICY_FILE = "noise.safetensors"
 
 #: Loaders for trainables that are not the denoiser (keys ``prefix/name`` in a checkpoint, or
 #: ``final/prefix.safetensors``), e.g. a learned noise distribution (``noise/mu``). A loader is
-#: ``loader(adapter, tensors: dict[str, Tensor]) -> None`` with the prefix stripped from the names.
+#: ``loader(adapter, tensors: dict[str, Tensor]) -> None`` with the prefix stripped from the names; an optional
+#: ``loader.check(adapter, tensors)`` checks the fit without changing the adapter. Both raise ``ValueError``.
 NON_DENOISER_LOADERS: Registry[Callable[..., None]] = Registry("non-denoiser trainable", entry_point_group="diffalign.trainables")
 
 # "<component>.<module path>.<lora marker>..." in diffusers' peft format (and the older lora.down/up one)
@@ -102,7 +106,8 @@ class TrainedWeights:
     """Weights to put on a base model, resolved and file-checked; see :func:`resolve_trained`.
 
     ``kind`` is ``"lora"`` (a diffusers LoRA folder, loaded with ``load_lora_weights``), ``"lora_state"``
-    (a checkpoint's peft LoRA parameters by name) or ``"denoiser_state"`` (full fine-tune parameters by name).
+    (a checkpoint's peft LoRA parameters by name), ``"denoiser_state"`` (full fine-tune parameters by name)
+    or ``"base"`` (the denoiser unchanged; only other trainables in ``extra_files``, such as a noise law).
     """
 
     base: str
@@ -132,7 +137,7 @@ class TrainedWeights:
     def _denoiser_and_other(self) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
         """The denoiser's tensors and, by prefix, those of other trainables (``prefix/name`` keys)."""
         denoiser, other = {}, {}
-        for key, value in self._tensors().items():
+        for key, value in (self._tensors() if self.kind not in ("base", "lora") else {}).items():
             if "/" in key:
                 prefix, name = key.split("/", 1)
                 other.setdefault(prefix, {})[name] = value
@@ -141,7 +146,10 @@ class TrainedWeights:
         from safetensors.torch import load_file
 
         for prefix, path in self.extra_files.items():
-            other.setdefault(prefix, {}).update(load_file(str(path)))
+            try:
+                other.setdefault(prefix, {}).update(load_file(str(path)))
+            except Exception as err:  # safetensors raises its own error types for corrupt files
+                raise TrainedModelError(f"{path}: cannot read the weights ({_one_line(err)})") from None
         return denoiser, other
 
     def _lora_options(self) -> dict[str, Any]:
@@ -159,9 +167,12 @@ class TrainedWeights:
         denoiser = adapter.trainable_denoiser
         if self.kind == "lora":
             self._check_diffusers_lora(adapter)
+            self._check_other(self._denoiser_and_other()[1] if self.extra_files else {}, adapter)
             return
         state, other = self._denoiser_and_other()
-        self._check_other(other)
+        self._check_other(other, adapter)
+        if not state and other:  # a frozen model with other trainables (FIND's noise law)
+            return
         if self.kind == "denoiser_state":
             _check_named_tensors(self.path, state, dict(denoiser.named_parameters()), adapter)
         else:  # a checkpoint's LoRA parameters: compare against the base modules they wrap
@@ -174,12 +185,19 @@ class TrainedWeights:
                 _check_lora_module(self.path, key, match["module"], match["kind"], value, modules,
                                    adapter.denoiser_name, adapter)
 
-    def _check_other(self, other: Mapping[str, Any]) -> None:
+    def _check_other(self, other: Mapping[str, Any], adapter=None) -> None:
         unknown = [p for p in other if p not in NON_DENOISER_LOADERS]
         if unknown:
             raise TrainedModelError(
                 f"{self.path}: holds trainables that are not the denoiser ({', '.join(sorted(unknown))}); "
                 "this version cannot load them (register a loader in diffalign.trained.NON_DENOISER_LOADERS)")
+        for prefix, tensors in other.items():
+            check = getattr(NON_DENOISER_LOADERS.get(prefix), "check", None)
+            if adapter is not None and check is not None:
+                try:
+                    check(adapter, tensors)
+                except ValueError as err:
+                    raise TrainedModelError(f"{self.extra_files.get(prefix, self.path)}: {err}") from None
 
     def _check_diffusers_lora(self, adapter) -> None:
         pipe = adapter.pipe
@@ -223,6 +241,8 @@ class TrainedWeights:
                 raise TrainedModelError(f"{self.path}: diffusers could not load the LoRA ({_one_line(err)})") from None
             if self.lora_scale != 1.0:
                 adapter.pipe.set_adapters([adapter.lora_adapter_name], adapter_weights=[self.lora_scale])
+        elif self.kind == "base" or not self._denoiser_and_other()[0]:
+            self._apply_other(adapter, self._denoiser_and_other()[1])
         else:
             state, other = self._denoiser_and_other()
             if self.kind == "lora_state":
@@ -246,11 +266,21 @@ class TrainedWeights:
                     params[name].copy_(value.to(params[name].dtype))
             if self.kind == "lora_state" and self.lora_scale != 1.0:
                 denoiser.set_adapters([adapter.lora_adapter_name], weights=[self.lora_scale])
-            for prefix, tensors in other.items():
-                NON_DENOISER_LOADERS.get(prefix)(adapter, tensors)
+            self._apply_other(adapter, other)
+        if self.kind == "lora" and self.extra_files:
+            self._apply_other(adapter, self._denoiser_and_other()[1])
         denoiser.requires_grad_(False)
         denoiser.eval()
         return adapter
+
+    def _apply_other(self, adapter, other: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+        for prefix, tensors in other.items():
+            try:
+                NON_DENOISER_LOADERS.get(prefix)(adapter, tensors)
+            except TrainedModelError:
+                raise
+            except ValueError as err:
+                raise TrainedModelError(f"{self.extra_files.get(prefix, self.path)}: {err}") from None
 
     def _ema_state(self, state: dict[str, torch.Tensor], denoiser: torch.nn.Module) -> dict[str, torch.Tensor]:
         """The checkpoint's EMA weights by name: the trainer keeps the EMA shadows in its parameter order,
@@ -316,11 +346,50 @@ def resolve_trained(
     lora_scale: float = 1.0,
     run: str | Path | None = None,
     checkpoint: int | None = None,
+    noise_policy: str | Path | None = None,
 ) -> TrainedWeights | None:
     """Check what the options name and return the weights to apply (``None``: the base model alone).
 
     Only files are read here (the run's ``config.toml``), so bad input fails before a model loads.
     """
+    trained = _resolve_weights(model, lora=lora, lora_scale=lora_scale, run=run, checkpoint=checkpoint)
+    if noise_policy is None:
+        return trained
+    path = resolve_noise_policy(noise_policy)
+    if trained is None:
+        if model is None:
+            raise TrainedModelError(f"--noise-policy {noise_policy} needs --model (or --run RUN_DIR)")
+        return TrainedWeights(base=model, kind="base", path=path, label=f"{model} + noise policy {path.parent}",
+                              extra_files={"noise": path})
+    trained.extra_files["noise"] = path
+    trained.label += f" + noise policy {path.parent}"
+    return trained
+
+
+def resolve_noise_policy(path: str | Path) -> Path:
+    """The ``noise.safetensors`` that ``--noise-policy`` names: the file, a folder holding it (a FIND run's
+    ``final/``) or a run folder (its ``final/``); a one-line :class:`TrainedModelError` otherwise."""
+    path = Path(path)
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise TrainedModelError(f"--noise-policy {path}: not a .safetensors file")
+        return path
+    if not path.is_dir():
+        raise TrainedModelError(f"--noise-policy {path}: folder not found")
+    for candidate in (path / NOISE_POLICY_FILE, path / "final" / NOISE_POLICY_FILE):
+        if candidate.is_file():
+            return candidate
+    raise TrainedModelError(f"--noise-policy {path}: no {NOISE_POLICY_FILE} (a find run's final/ folder holds one)")
+
+
+def _resolve_weights(
+    model: str | None,
+    *,
+    lora: str | Path | None,
+    lora_scale: float,
+    run: str | Path | None,
+    checkpoint: int | None,
+) -> TrainedWeights | None:
     import math
 
     if lora is not None and run is not None:
@@ -391,11 +460,14 @@ def _resolve_run(model: str | None, run: Path, checkpoint: int | None, scale: fl
                               ema_file=ema if ema.is_file() else None, label=f"{run} epoch {checkpoint}", **common)
     final = run / "final"
     expected = LORA_FILE if is_lora else DENOISER_FILE
+    extra = {p.stem: p for p in final.glob("*.safetensors") if p.name not in (LORA_FILE, DENOISER_FILE)}
+    if not (final / LORA_FILE).is_file() and not (final / DENOISER_FILE).is_file() and extra:
+        # the model stayed frozen; only other trainables were learned (FIND's noise law)
+        return TrainedWeights(kind="base", path=final, extra_files=extra, label=f"{run} (final)", **common)
     if not (final / expected).is_file():
         saved = _saved_epochs(run)
         hint = f"; saved epochs: {', '.join(map(str, saved))} (use --checkpoint N)" if saved else ""
         raise TrainedModelError(f"{run}: missing final/{expected} (the run has not finished){hint}")
-    extra = {p.stem: p for p in final.glob("*.safetensors") if p.name not in (LORA_FILE, DENOISER_FILE)}
     if is_lora:
         weights = TrainedWeights(kind="lora", path=final, label=f"{run} (final)", **common)
         if extra:
@@ -413,6 +485,7 @@ def load_trained_model(
     lora_scale: float = 1.0,
     run: str | Path | None = None,
     checkpoint: int | None = None,
+    noise_policy: str | Path | None = None,
     device: torch.device | str | None = None,
     torch_dtype: torch.dtype | None = None,
 ):
@@ -422,7 +495,8 @@ def load_trained_model(
     """
     from diffalign.pipelines import load
 
-    trained = resolve_trained(model, lora=lora, lora_scale=lora_scale, run=run, checkpoint=checkpoint)
+    trained = resolve_trained(model, lora=lora, lora_scale=lora_scale, run=run, checkpoint=checkpoint,
+                              noise_policy=noise_policy)
     if trained is None:
         if model is None:
             raise TrainedModelError("give --model (or --run RUN_DIR)")
@@ -442,6 +516,8 @@ def add_trained_model_arguments(parser: argparse.ArgumentParser, *, default_mode
     parser.add_argument("--lora-scale", type=float, default=1.0, help="LoRA strength (default 1.0; 0 is the base model)")
     parser.add_argument("--run", default=None, metavar="RUN_DIR", help="a `diffalign train` run folder: its final weights")
     parser.add_argument("--checkpoint", type=int, default=None, metavar="N", help="with --run: the weights saved at epoch N")
+    parser.add_argument("--noise-policy", default=None, metavar="DIR",
+                        help="a learned initial-noise law: a find run's final/ folder (noise.safetensors) or its run folder")
     parser.set_defaults(_default_model=default_model)
 
 
@@ -454,7 +530,7 @@ def _model_from_args(args: argparse.Namespace) -> str | None:
 def resolve_from_args(args: argparse.Namespace) -> tuple[str, TrainedWeights | None]:
     """``(base model, trained weights or None)`` from the options of :func:`add_trained_model_arguments`."""
     trained = resolve_trained(_model_from_args(args), lora=args.lora, lora_scale=args.lora_scale, run=args.run,
-                              checkpoint=args.checkpoint)
+                              checkpoint=args.checkpoint, noise_policy=getattr(args, "noise_policy", None))
     base = trained.base if trained is not None else _model_from_args(args)
     if base is None:
         raise TrainedModelError("give --model (or --run RUN_DIR)")
@@ -603,3 +679,19 @@ def _denoiser_component(base: str) -> str:
         names = json.loads(index.read_text())
         return "unet" if "unet" in names else "transformer"
     return "unet"
+
+
+def _load_noise_policy(adapter, tensors: dict[str, torch.Tensor]) -> None:
+    from diffalign.training.algorithms.find import load_noise_policy
+
+    load_noise_policy(adapter, tensors)
+
+
+def _check_noise_policy(adapter, tensors: dict[str, torch.Tensor]) -> None:
+    from diffalign.training.algorithms.find import check_noise_policy
+
+    check_noise_policy(adapter, tensors)
+
+
+_load_noise_policy.check = _check_noise_policy  # type: ignore[attr-defined]
+NON_DENOISER_LOADERS.register("noise", _load_noise_policy)

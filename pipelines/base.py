@@ -139,6 +139,9 @@ class PipelineAdapter(ABC):
         self._snapshots: dict[str, dict[str, torch.Tensor]] = {}
         self.lora_config = None
         self.lora_adapter_name = "default"
+        #: a learned initial-noise law (FIND): ``transform(eps, conditioning) -> x_T``, used by :meth:`sample`
+        #: whenever it draws the initial noise itself
+        self.noise_policy = None
         for module in self._frozen_modules():
             module.requires_grad_(False)
 
@@ -404,6 +407,8 @@ class PipelineAdapter(ABC):
                 conditioning = self.encode_prompts(prompts, negative_prompts, do_cfg=do_cfg)
         if latents is None:
             latents = self.prepare_latents(batch, generator, height=height, width=width, num_frames=num_frames)
+            if self.noise_policy is not None:
+                latents = self.noise_policy.transform(latents, conditioning)
         elif latents.shape[0] != batch:
             raise AdapterError(f"latents batch {latents.shape[0]} does not match {batch} prompts")
         schedule = self._schedule(steps, latents=latents, **schedule_options)

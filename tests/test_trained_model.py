@@ -225,13 +225,14 @@ def test_trainables_that_are_not_the_denoiser_are_named_or_go_to_their_loader(lo
     run = tmp_path / "run"
     shutil.copytree(lora_run, run)
     weights = run / "checkpoints" / "epoch_000002" / "weights.safetensors"
-    save_file({**load_file(str(weights)), "noise/mu": torch.arange(4.0)}, str(weights))
-    with pytest.raises(TrainedModelError, match=r"not the denoiser \(noise\)"):
+    # "noise" is FIND's registered noise law; an unregistered prefix is named in the error
+    save_file({**load_file(str(weights)), "extra/mu": torch.arange(4.0)}, str(weights))
+    with pytest.raises(TrainedModelError, match=r"not the denoiser \(extra\)"):
         load_trained_model(run=run, checkpoint=2)
     # the hook: a registered loader receives its tensors by name, the denoiser still gets its LoRA
     received = {}
     loaders = Registry("non-denoiser trainable")
-    loaders.register("noise", lambda adapter, tensors: received.update(tensors))
+    loaders.register("extra", lambda adapter, tensors: received.update(tensors))
     monkeypatch.setattr(trained, "NON_DENOISER_LOADERS", loaders)
     adapter = load_trained_model(run=run, checkpoint=2)
     assert list(received) == ["mu"] and torch.equal(received["mu"], torch.arange(4.0))

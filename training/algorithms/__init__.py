@@ -5,6 +5,7 @@ from .backprop import AlignProp, AlignPropConfig, DRaFT, DRaFTConfig, ReFL, ReFL
 from .ddpo import DDPO, DDPOConfig
 from .dpo import DiffusionDPO, DPOConfig
 from .dro import DRO, DROConfig
+from .find import FIND, FINDConfig
 from .flow_grpo import FlowGRPO, FlowGRPOConfig
 from .ipo import IPO, IPOConfig
 from .kto import DiffusionKTO, KTOConfig
@@ -16,8 +17,8 @@ from .smpo import SmPO, SmPOConfig
 __all__ = [
     "ALGORITHMS", "AWM", "AWMConfig", "Algorithm", "AlignProp", "AlignPropConfig", "DRaFT", "DRaFTConfig",
     "ReFL", "ReFLConfig", "RewardBackprop", "CheckpointPool", "DDPO", "DDPOConfig", "DPOConfig", "DRO",
-    "DROConfig", "DiffusionDPO", "DiffusionKTO", "FlowGRPO", "FlowGRPOConfig", "IPO", "IPOConfig", "KTOConfig",
-    "PreferenceAlgorithm",
+    "DROConfig", "DiffusionDPO", "DiffusionKTO", "FIND", "FINDConfig", "FlowGRPO", "FlowGRPOConfig", "IPO", "IPOConfig",
+    "KTOConfig", "PreferenceAlgorithm",
     "SePPO", "SePPOConfig", "SmPO", "SmPOConfig",
     "clipped_policy_loss", "register_algorithm",
 ]
