@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import torch
 
@@ -152,6 +153,26 @@ def load_prompt_suite(path: str | Path) -> list[PromptItem]:
     if not items:
         raise BenchmarkError(f"{path}: no prompts")
     return items
+
+
+def distinct_prompt_suite(
+    sample_metadata: Callable[[random.Random, str], dict[str, Any]], tasks: Sequence[str], per_task: int, seed: int
+) -> list[dict[str, Any]]:
+    """``per_task`` distinct prompts per task, drawn with ``sample_metadata(rng, task)`` from one seeded stream
+    (a duplicate is redrawn, up to 2000 misses: small prompt spaces run out of new prompts), in task order."""
+    rng = random.Random(seed)
+    suite: list[dict[str, Any]] = []
+    for task in tasks:
+        seen: dict[str, dict[str, Any]] = {}
+        misses = 0
+        while len(seen) < per_task and misses < 2_000:
+            metadata = sample_metadata(rng, task)
+            if metadata["prompt"] in seen:
+                misses += 1
+            else:
+                seen[metadata["prompt"]] = metadata
+        suite.extend(seen.values())
+    return suite
 
 
 def write_prompt_suite(metadata: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
@@ -371,5 +392,5 @@ def _save_grid(out: Path, grid_images: Mapping[int, Mapping[int, torch.Tensor]],
 
 __all__ = [
     "Benchmark", "BenchmarkError", "Judge", "Judgement", "PromptItem", "SamplingProtocol", "load_prompt_suite",
-    "run_benchmark", "summarize", "summary_markdown", "write_prompt_suite",
+    "run_benchmark", "summarize", "summary_markdown", "distinct_prompt_suite", "write_prompt_suite",
 ]

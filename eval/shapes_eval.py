@@ -20,7 +20,9 @@ from diffalign.assets_path import asset_path
 from diffalign.shapes import judge as shapes_judge
 from diffalign.shapes import world
 
-from .benchmark import Benchmark, PromptItem, SamplingProtocol, load_prompt_suite, run_benchmark, write_prompt_suite
+from .benchmark import (
+    Benchmark, PromptItem, SamplingProtocol, distinct_prompt_suite, load_prompt_suite, run_benchmark, write_prompt_suite,
+)
 
 NAME = "ShapesEval"
 VERSION = "v1"
@@ -34,19 +36,7 @@ def suite_path(version: str = VERSION) -> Path:
 
 def build_prompt_suite(per_task: int = PROMPTS_PER_TASK, seed: int = SUITE_SEED, tasks: Sequence[str] = world.TASKS) -> list[dict[str, Any]]:
     """Distinct prompts per task, drawn as GenEval draws them (duplicates removed), in task order."""
-    rng = random.Random(seed)
-    suite: list[dict[str, Any]] = []
-    for task in tasks:
-        seen: dict[str, dict[str, Any]] = {}
-        misses = 0
-        while len(seen) < per_task and misses < 2_000:  # small prompt spaces run out of new prompts
-            metadata = world.sample_metadata(rng, task)
-            if metadata["prompt"] in seen:
-                misses += 1
-            else:
-                seen[metadata["prompt"]] = metadata
-        suite.extend(seen.values())
-    return suite
+    return distinct_prompt_suite(world.sample_metadata, tasks, per_task, seed)
 
 
 def shapes_judge_fn(media: torch.Tensor, items: Sequence[PromptItem]) -> list[shapes_judge.Verdict]:

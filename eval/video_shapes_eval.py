@@ -23,7 +23,9 @@ from diffalign.assets_path import asset_path
 from diffalign.shapes import motion
 from diffalign.shapes import video_judge
 
-from .benchmark import Benchmark, PromptItem, SamplingProtocol, load_prompt_suite, run_benchmark, write_prompt_suite
+from .benchmark import (
+    Benchmark, PromptItem, SamplingProtocol, distinct_prompt_suite, load_prompt_suite, run_benchmark, write_prompt_suite,
+)
 
 NAME = "VideoShapesEval"
 VERSION = "v1"
@@ -37,19 +39,7 @@ def suite_path(version: str = VERSION) -> Path:
 
 def build_prompt_suite(per_task: int = PROMPTS_PER_TASK, seed: int = SUITE_SEED, tasks: Sequence[str] = motion.MOTION_TASKS) -> list[dict[str, Any]]:
     """Distinct prompts per task (duplicates redrawn until the task's prompt space runs out), in task order."""
-    rng = random.Random(seed)
-    suite: list[dict[str, Any]] = []
-    for task in tasks:
-        seen: dict[str, dict[str, Any]] = {}
-        misses = 0
-        while len(seen) < per_task and misses < 2_000:
-            metadata = motion.sample_motion_metadata(rng, task)
-            if metadata["prompt"] in seen:
-                misses += 1
-            else:
-                seen[metadata["prompt"]] = metadata
-        suite.extend(seen.values())
-    return suite
+    return distinct_prompt_suite(motion.sample_motion_metadata, tasks, per_task, seed)
 
 
 def video_judge_fn(media: torch.Tensor, items: Sequence[PromptItem]) -> list[Any]:
