@@ -92,16 +92,18 @@ class ShapesRise:
             self._experts = folder
         return self._experts
 
-    def assert_rises(self, recipe: str, overrides: Sequence[str], run_dir: Path) -> float:
+    def assert_rises(self, recipe: str, overrides: Sequence[str], run_dir: Path, scores: str = "eval/rewards") -> float:
         """Train ``recipe`` on two seeds; the held-out gain averaged over seeds must exceed 0.02 and twice
-        its standard error over prompts (a paired test: each prompt is scored with the same noise)."""
+        its standard error over prompts (a paired test: each prompt is scored with the same noise).
+        ``scores="eval/golds"``: a recipe whose reward is a proxy is judged by its gold scorer (``eval.gold``
+        set to the judge), the judge's scores of the trained model against the same start."""
         from diffalign.training import Trainer
 
         start, gains = self.start(), []
         for seed in SEEDS:
             trainer = Trainer(recipe, overrides=[*TEST_RUN, f"run.seed={seed}", *overrides], run_dir=run_dir / f"seed{seed}")
             trainer.train()
-            end = torch.tensor(trainer.evaluate()["eval/rewards"])
+            end = torch.tensor(trainer.evaluate()[scores])
             gains.append(end - start)
             print(f"{recipe} seed {seed}: held-out judge score {start.mean():.3f} -> {end.mean():.3f}")
         gain = torch.stack(gains).mean(dim=0)
