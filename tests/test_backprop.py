@@ -384,9 +384,9 @@ def test_demo_runs_reward_backprop(tmp_path, tiny_shapes_models):
     from diffalign.demo import DEMO_SETTINGS, run_demo
     from diffalign.scorers import Scorer, register_scorer
 
-    @register_scorer("test_brightness", overwrite=True)
+    @register_scorer("test_differentiable_brightness", overwrite=True)  # a name of its own: other test files register theirs
     class Brightness(Scorer):
-        name = "test_brightness"
+        name = "test_differentiable_brightness"
         differentiable = True
         needs_prompts = False
 
@@ -396,7 +396,7 @@ def test_demo_runs_reward_backprop(tmp_path, tiny_shapes_models):
     assert {"draft", "alignprop", "refl"} <= set(DEMO_SETTINGS)
     algorithm = "alignprop"  # the others run the same demo path with their own recipe (see the recipe tests)
     overrides = ["sampling.batch_size=2", "sampling.batches_per_epoch=1", "sampling.steps=3", "train.batch_size=2",
-                 "eval.steps=2", "prompts.num_eval=2", "eval.batch_size=2", "run.log_with=", "reward.spec=test_brightness"]
+                 "eval.steps=2", "prompts.num_eval=2", "eval.batch_size=2", "run.log_with=", "reward.spec=test_differentiable_brightness"]
     result = run_demo(tmp_path / "demo", algorithm=algorithm, model=str(tiny_shapes_models / "shapes-sd"), epochs=1,
                       prompts_per_task=1, images_per_prompt=1, overrides=overrides, progress=False, log=lambda *a: None)
     rows = [json.loads(line) for line in (result.out / "train" / "metrics.jsonl").read_text().splitlines()]
