@@ -17,6 +17,12 @@ from diffalign.scorers.base import Scorer, register_scorer
 MODES = ("fraction", "binary")
 
 
+def verdict_scores(verdicts, mode: str, device: torch.device) -> torch.Tensor:
+    """The judge's verdicts as scores: 0/1 correctness (``"binary"``) or the dense credit (``"fraction"``)."""
+    values = [float(v.correct) if mode == "binary" else float(v.score) for v in verdicts]
+    return torch.tensor(values, dtype=torch.float32, device=device)
+
+
 @register_scorer("shapes")
 class ShapesScore(Scorer):
     """Per-image ShapesWorld verdict as a score; see the module docstring."""
@@ -36,9 +42,7 @@ class ShapesScore(Scorer):
         self.config = config if config is not None else judge.DEFAULT_CONFIG
 
     def score_images(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        verdicts = self._judge.judge_batch(images.detach(), prompts, self.config)
-        values = [float(v.correct) if self.mode == "binary" else float(v.score) for v in verdicts]
-        return torch.tensor(values, dtype=torch.float32, device=images.device)
+        return verdict_scores(self._judge.judge_batch(images.detach(), prompts, self.config), self.mode, images.device)
 
 
 @register_scorer("shapes_video")
@@ -62,6 +66,4 @@ class ShapesVideoScore(Scorer):
         self.config = config if config is not None else judge.DEFAULT_CONFIG
 
     def score_videos(self, videos: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        verdicts = self._judge.judge_videos(videos.detach(), prompts, self.config)
-        values = [float(v.correct) if self.mode == "binary" else float(v.score) for v in verdicts]
-        return torch.tensor(values, dtype=torch.float32, device=videos.device)
+        return verdict_scores(self._judge.judge_videos(videos.detach(), prompts, self.config), self.mode, videos.device)
