@@ -20,6 +20,7 @@ steps below it.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -73,8 +74,6 @@ class SmPO(PreferenceAlgorithm):
 
     def inverted(self, x0: torch.Tensor, conditioning, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x_t`` of every latent by inversion (with ``smpo.inversion_model``), stopping at its schedule index, and ``t``."""
-        import contextlib
-
         adapter, c = self.adapter, self.cfg
         x_t = torch.empty_like(x0)
         t = torch.empty(x0.shape[0], device=x0.device)
