@@ -6,7 +6,8 @@ Works on the folders :func:`diffalign.eval.benchmark.run_benchmark` writes (``su
 * ``compare.md`` / ``compare.json`` — per task, accuracy and mean judge score before, after and the
   difference (after - before), and the overall numbers;
 * ``before_after.png`` — one row per task, one tile per prompt (sample 0, the same seed on both sides):
-  the base model's images on the left panel, the trained model's on the right.
+  the base model's images on the left panel, the trained model's on the right, each captioned with its
+  prompt and the judge's verdict.
 
 :func:`evaluate_before_after` runs both evaluations for any benchmark given as a function
 ``evaluate(sampler, out_dir, model_name) -> summary``; ``diffalign demo`` and ``diffalign eval --compare``
@@ -57,15 +58,16 @@ def comparison_table(before: Mapping[str, Any], after: Mapping[str, Any]) -> lis
     return lines
 
 
-def _first_samples_by_task(run: Path) -> dict[str, list[Path]]:
-    """Sample 0 of every prompt of a benchmark folder, grouped by task, in suite order."""
-    rows: dict[str, list[Path]] = {}
+def _first_samples_by_task(run: Path) -> dict[str, list[dict[str, Any]]]:
+    """Sample 0 of every prompt of a benchmark folder, grouped by task, in suite order: its
+    ``results.jsonl`` row with ``file`` (the saved image or video) added."""
+    rows: dict[str, list[dict[str, Any]]] = {}
     for line in (run / "results.jsonl").read_text().splitlines():
         if not line.strip():
             continue
         row = json.loads(line)
         if row["sample_index"] == 0 and (run / row["filename"]).is_file():
-            rows.setdefault(row["tag"], []).append(run / row["filename"])
+            rows.setdefault(row["tag"], []).append({**row, "file": run / row["filename"]})
     return rows
 
 
@@ -80,10 +82,46 @@ def _first_frame(file: Path):
     return Image.open(file).convert("RGB")
 
 
+CAPTION_LINES = 4  # prompt lines + the verdict line under each tile
+_LINE_HEIGHT = 11
+_PASS, _FAIL = (0, 120, 0), (190, 0, 0)
+
+
+def _wrap(draw, text: str, width: int, max_lines: int) -> list[str]:
+    """Greedy word wrap to ``width`` pixels; the last line is cut with '..' when the text does not fit."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        while lines[-1] and draw.textlength(lines[-1] + "..") > width:
+            lines[-1] = lines[-1][:-1]
+        lines[-1] += ".."
+    return lines
+
+
+def _caption(draw, row: Mapping[str, Any], x: int, y: int, width: int) -> None:
+    """The prompt, then the judge's verdict (green pass / red fail with its first reason) under a tile."""
+    prompt = str(row.get("prompt", "")).removeprefix("a photo of ")
+    lines = _wrap(draw, prompt, width, CAPTION_LINES - 1)
+    for i, line in enumerate(lines):
+        draw.text((x, y + i * _LINE_HEIGHT), line, fill="black")
+    if "correct" in row:
+        reason = str(row.get("reason") or "").split("\n")[0].removeprefix("expected ")
+        verdict = "pass" if row["correct"] else f"fail: {reason}" if reason else "fail"
+        verdict = _wrap(draw, verdict, width, 1)[0]
+        draw.text((x, y + len(lines) * _LINE_HEIGHT), verdict, fill=_PASS if row["correct"] else _FAIL)
+
+
 def before_after_grid(before: str | Path, after: str | Path, path: str | Path, tile: int = 96,
-                      labels: tuple[str, str] = ("before", "after")) -> Path | None:
+                      labels: tuple[str, str] = ("before", "after"), captions: bool = True) -> Path | None:
     """One row per task, one column per prompt (same seed): ``before``'s sample on the left panel,
-    ``after``'s on the right. None when the folders hold no saved images."""
+    ``after``'s on the right. With ``captions`` each tile has its prompt and the judge's verdict under it
+    (green pass, red fail and why), so the grid says what changed without the JSON. None when the
+    folders hold no saved images."""
     from PIL import Image, ImageDraw
 
     left, right = _first_samples_by_task(Path(before)), _first_samples_by_task(Path(after))
@@ -92,18 +130,22 @@ def before_after_grid(before: str | Path, after: str | Path, path: str | Path, t
         return None
     columns = max(len(left[t]) for t in tasks)
     label, gap, header, pad = 92, 16, 18, 2
-    panel = columns * (tile + pad)
-    canvas = Image.new("RGB", (label + 2 * panel + gap, header + len(tasks) * (tile + pad)), "white")
+    band = CAPTION_LINES * _LINE_HEIGHT + 4 if captions else 0
+    cell_w, cell_h = max(tile, 120 if captions else 0) + pad, tile + band + pad
+    panel = columns * cell_w
+    canvas = Image.new("RGB", (label + 2 * panel + gap, header + len(tasks) * cell_h), "white")
     draw = ImageDraw.Draw(canvas)
     draw.text((label, 3), labels[0], fill="black")
     draw.text((label + panel + gap, 3), labels[1], fill="black")
     for r, task in enumerate(tasks):
-        y = header + r * (tile + pad)
+        y = header + r * cell_h
         draw.text((2, y + tile // 2 - 6), task, fill="black")
-        for x0, files in ((label, left[task]), (label + panel + gap, right[task])):
-            for c, file in enumerate(files):
-                image = _first_frame(file).resize((tile, tile), Image.NEAREST)
-                canvas.paste(image, (x0 + c * (tile + pad), y))
+        for x0, rows in ((label, left[task]), (label + panel + gap, right[task])):
+            for c, row in enumerate(rows):
+                image = _first_frame(row["file"]).resize((tile, tile), Image.NEAREST)
+                canvas.paste(image, (x0 + c * cell_w, y))
+                if captions:
+                    _caption(draw, row, x0 + c * cell_w, y + tile + 2, cell_w - pad - 2)
     path = Path(path)
     canvas.save(path)
     return path

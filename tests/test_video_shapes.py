@@ -245,7 +245,10 @@ def test_video_shapes_eval_on_ground_truth_and_noise(tmp_path):
     from diffalign.eval.compare import before_after_grid
 
     grid = before_after_grid(tmp_path / "gt", tmp_path / "gt", tmp_path / "before_after.png", tile=32)
-    assert iio.imread(grid).shape[0] == 18 + len(motion.MOTION_TASKS) * 34  # one row per task, from the MP4s' first frames
+    from diffalign.eval.compare import CAPTION_LINES
+
+    caption_band = CAPTION_LINES * 11 + 4  # prompt and verdict under every tile
+    assert iio.imread(grid).shape[0] == 18 + len(motion.MOTION_TASKS) * (32 + caption_band + 2)  # a row per task, MP4s' first frames
 
     class NoiseSampler:
         def sample(self, prompts, generator=None, num_frames=8, **_):
