@@ -1,8 +1,8 @@
 """SePPO vs Diffusion-DRO vs Diffusion-DPO on ShapesWorld from the same data budget: time to a held-out target.
 
 One preference build of ``--prompts`` captions (``diffalign prefs build``: ``--images`` samples per caption from
-the shipped model, scored by the judge) gives DPO its pairs and SePPO the winners of the same captions; DRO gets
-the rendered ground truth of the same captions (``diffalign prefs experts``, exact experts). Each algorithm
+the shipped model, scored by the judge) gives DPO its pairs; SePPO (winners) and DRO (experts) get the rendered
+ground truth of the same captions (``diffalign prefs experts``), as their ``*_shapes`` recipes train. Each algorithm
 trains with its shipped ``*_shapes`` recipe and the same ``data.examples_per_epoch`` (the pairs, winners or
 experts per epoch), and is evaluated after every epoch on the same held-out prompts with fixed noise. The clock
 counts training time only (SePPO's reference samples and DRO's replay trajectories included), not the
@@ -11,7 +11,7 @@ and the peak memory growth of the process per algorithm (resident set size, CPU:
 algorithm per process for absolute numbers), with the parameters each
 algorithm holds at SD 1.5 size.
 
-    python bench/preference_shapes.py --epochs 20 --target-gain 0.03
+    python bench/preference_shapes.py --epochs 20 --examples-per-epoch 64 --target-gain 0.02
 
 Writes ``OUT/results.json`` and ``OUT/results.md``.
 """
@@ -31,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from online_rl_shapes import held_out_curve, paired_gain, time_to_target  # noqa: E402
 
 ALGORITHMS = ("dpo", "seppo", "dro")
+#: one optimizer update per this many examples, for every algorithm (the recipes' batch)
+TRAIN_BATCH = 16
 #: Stable Diffusion 1.5's UNet, and a rank-4 LoRA on its attention projections (to_q, to_k, to_v, to_out.0)
 SD15_UNET_PARAMS = 859_520_964
 SD15_LORA4_PARAMS = 797_184
@@ -48,7 +50,7 @@ def build_data(args: argparse.Namespace, out: Path) -> dict[str, Path]:
                           images_per_prompt=args.images, steps=10, guidance_scale=1.0, seed=args.seed, batch_size=16)
     if not (out / "experts" / "experts.jsonl").exists():
         shapes_experts(prompts, out / "experts", seed=args.seed)
-    return {"dpo": out / "prefs" / "pairs.jsonl", "seppo": out / "prefs" / "winners.jsonl",
+    return {"dpo": out / "prefs" / "pairs.jsonl", "seppo": out / "experts" / "experts.jsonl",
             "dro": out / "experts" / "experts.jsonl"}
 
 
@@ -62,8 +64,8 @@ def run_algorithm(algorithm: str, source: Path, args: argparse.Namespace, out: P
     overrides = [f"run.epochs={args.epochs}", f"run.seed={args.seed}", f"model.source={args.model}", "eval.at_start=false",
                  "eval.every=0", "run.checkpoint_every=0", "run.progress=false", "run.log_with=",
                  f"prompts.num_eval={args.num_eval}", f"data.source={source}",
-                 f"data.examples_per_epoch={args.examples_per_epoch}", f"train.batch_size={args.examples_per_epoch}",
-                 "train.updates_per_epoch=1",
+                 f"data.examples_per_epoch={args.examples_per_epoch}", f"train.batch_size={TRAIN_BATCH}",
+                 f"train.updates_per_epoch={max(1, args.examples_per_epoch // TRAIN_BATCH)}",
                  *args.set]
     rss_before = peak_rss_mib()
     trainer = Trainer(f"{algorithm}_shapes", overrides=overrides, run_dir=out / algorithm)

@@ -41,7 +41,7 @@ DEMO_SETTINGS: dict[str, tuple[str, int]] = {
     "smpo": ("shapes-sd", 20),
 }
 #: preference algorithm -> the manifest of ``diffalign prefs build`` it trains on
-PREFERENCE_DATA = {"dpo": "pairs.jsonl", "kto": "labels.jsonl", "smpo": "pairs.jsonl", "seppo": "winners.jsonl"}
+PREFERENCE_DATA = {"dpo": "pairs.jsonl", "kto": "labels.jsonl", "smpo": "pairs.jsonl"}
 #: the demo's preference data: prompts, samples per prompt, sampler steps (no CFG, as the recipes evaluate)
 PREFERENCE_PROMPTS, PREFERENCE_IMAGES, PREFERENCE_STEPS = 192, 4, 10
 DEFAULT_ALGORITHM = "awm"
@@ -53,21 +53,24 @@ DEMO_SETTINGS.update({"draft": ("shapes-sd", 20), "alignprop": ("shapes-sd", 20)
 #: prompts, so it trains the multi-prompt variant (one noise law per prompt from its embedding)
 DEMO_OVERRIDES: dict[str, list[str]] = {"find": ["prompts.train_list=[]", "find.per_prompt=true", "sampling.group_size=4",
                                                  "find.value_steps=20", "find.value_learning_rate=1e-2", "find.kl_weight=1.0"]}
-#: captions of DRO's demo data (one rendered expert each)
-DEMO_DATA_PROMPTS = {"dro": 256}
+#: captions of the demo data of DRO (its experts) and SePPO (its winners): one rendered ground truth each
+DEMO_DATA_PROMPTS = {"dro": 256, "seppo": 1280}
 
 
-def _expert_data(folder: Path, model: str, seed: int) -> str:
-    """``prefs experts``: the rendered ground truth of each caption (DRO's exact experts)."""
-    from diffalign.preferences.build import shapes_experts
-    from diffalign.training.prompts import derive_seed, prompt_source
+def _expert_data(algorithm: str):
+    def build(folder: Path, model: str, seed: int) -> str:
+        """``prefs experts``: the rendered ground truth of each caption (exact experts, or winners)."""
+        from diffalign.preferences.build import shapes_experts
+        from diffalign.training.prompts import derive_seed, prompt_source
 
-    shapes_experts(prompt_source("shapes").draw(DEMO_DATA_PROMPTS["dro"], derive_seed(seed, "demo-data")), folder, seed=seed)
-    return str(folder / "experts.jsonl")
+        prompts = prompt_source("shapes").draw(DEMO_DATA_PROMPTS[algorithm], derive_seed(seed, "demo-data"))
+        shapes_experts(prompts, folder, seed=seed)
+        return str(folder / "experts.jsonl")
+    return build
 
 
 #: algorithm -> writes its training data (not built from the model's samples) under a folder, returns data.source
-DEMO_DATA = {"dro": _expert_data}
+DEMO_DATA = {"dro": _expert_data("dro"), "seppo": _expert_data("seppo")}
 
 
 @dataclass

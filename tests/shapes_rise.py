@@ -21,6 +21,8 @@ TEST_RUN = ["model.source=shapes-sd", "run.log_with=", "run.progress=false", "ev
             "run.checkpoint_every=0", f"prompts.num_eval={NUM_HELDOUT}"]
 #: the preference data the DPO-family recipes train on (prompts drawn with a seed of their own)
 PREFERENCE_PROMPTS, PREFERENCE_IMAGES, PREFERENCE_STEPS = 256, 4, 10
+#: captions of the expert data (rendered ground truth): 20 epochs of 64 never repeat one
+EXPERT_PROMPTS = 2048
 
 
 def require_shapes_sd() -> None:
@@ -77,7 +79,7 @@ class ShapesRise:
         return self._data
 
     def expert_data(self) -> Path:
-        """``diffalign prefs experts`` on the preference prompts: each caption's rendered ground truth."""
+        """``diffalign prefs experts`` on ``EXPERT_PROMPTS`` captions: each caption's rendered ground truth."""
         if self._experts is None:
             from filelock import FileLock
 
@@ -87,7 +89,7 @@ class ShapesRise:
                     from diffalign.preferences.build import shapes_experts
                     from diffalign.training.prompts import derive_seed, prompt_source
 
-                    shapes_experts(prompt_source("shapes").draw(PREFERENCE_PROMPTS, derive_seed(0, "preference-data")),
+                    shapes_experts(prompt_source("shapes").draw(EXPERT_PROMPTS, derive_seed(0, "preference-data")),
                                    folder, seed=0)
             self._experts = folder
         return self._experts

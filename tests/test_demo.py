@@ -108,7 +108,7 @@ def test_demo_preference_trainers_build_their_data(tmp_path, tiny_shapes_models,
     result = run_demo(tmp_path / "demo", algorithm=algorithm, model=str(tiny_shapes_models / "shapes-sd"), epochs=1,
                       prompts_per_task=1, images_per_prompt=1, overrides=[*TINY_DEMO, *small], progress=False,
                       log=lambda *a: None, preference_prompts=8)
-    manifest = result.out / "data" / ("winners.jsonl" if algorithm == "seppo" else "experts.jsonl")
+    manifest = result.out / "data" / "experts.jsonl"  # the rendered ground truth: DRO's experts, SePPO's winners
     assert str(manifest) in (result.out / "train" / "config.toml").read_text()
     rows = [json.loads(line) for line in (result.out / "train" / "metrics.jsonl").read_text().splitlines()]
     assert any("loss" in r and r["global_step"] == 1 for r in rows)
