@@ -58,24 +58,37 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_algorithm(algorithm: str, source: Path, args: argparse.Namespace, out: Path) -> dict:
-    from diffalign.training.trainer import Trainer
-
+def recipe_overrides(algorithm: str, source: Path, args: argparse.Namespace) -> list[str]:
+    """The same budget for every algorithm: epochs, examples per epoch, one update per ``TRAIN_BATCH`` examples."""
     overrides = [f"run.epochs={args.epochs}", f"run.seed={args.seed}", f"model.source={args.model}", "eval.at_start=false",
                  "eval.every=0", "run.checkpoint_every=0", "run.progress=false", "run.log_with=",
                  f"prompts.num_eval={args.num_eval}", f"data.source={source}",
                  f"data.examples_per_epoch={args.examples_per_epoch}", f"train.batch_size={TRAIN_BATCH}",
-                 f"train.updates_per_epoch={max(1, args.examples_per_epoch // TRAIN_BATCH)}",
-                 *args.set]
+                 f"train.updates_per_epoch={max(1, args.examples_per_epoch // TRAIN_BATCH)}"]
+    if algorithm == "dro":  # the replay buffer keeps whole collected batches: the last two
+        overrides.append(f"dro.buffer_size={2 * args.examples_per_epoch}")
+    return [*overrides, *args.set]
+
+
+def run_algorithm(algorithm: str, source: Path, args: argparse.Namespace, out: Path) -> dict:
+    """Train and evaluate one algorithm; its result is kept in ``OUT/ALGORITHM/bench.json`` and reused on a rerun."""
+    from diffalign.training.trainer import Trainer
+
+    saved = out / algorithm / "bench.json"
+    if saved.exists():
+        print(f"[{algorithm}] reusing {saved}", flush=True)
+        return json.loads(saved.read_text())
     rss_before = peak_rss_mib()
-    trainer = Trainer(f"{algorithm}_shapes", overrides=overrides, run_dir=out / algorithm)
+    trainer = Trainer(f"{algorithm}_shapes", overrides=recipe_overrides(algorithm, source, args), run_dir=out / algorithm)
     curve, first, last = held_out_curve(trainer, args.epochs, algorithm)
     snapshots = {name: sum(t.numel() for t in trainer.adapter.snapshot_weights(name).values())
                  for name in trainer.adapter.snapshot_names}
     trainer.close()
-    return {"algorithm": algorithm, "curve": curve, "gain": paired_gain(first["eval/rewards"], last["eval/rewards"]),
-            "peak_rss_growth_mib": peak_rss_mib() - rss_before, "snapshot_params": snapshots,
-            "trainable_params": sum(p.numel() for p in trainer.params)}
+    result = {"algorithm": algorithm, "curve": curve, "gain": paired_gain(first["eval/rewards"], last["eval/rewards"]),
+              "peak_rss_growth_mib": peak_rss_mib() - rss_before, "snapshot_params": snapshots,
+              "trainable_params": sum(p.numel() for p in trainer.params)}
+    saved.write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 def memory_note() -> list[str]:
@@ -111,6 +124,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
+    from diffalign.config import ConfigError, load_config
+    from diffalign.training.algorithms import ALGORITHMS as REGISTRY
+    from diffalign.training.trainer import recipe_path
+
+    if args.examples_per_epoch % TRAIN_BATCH:
+        parser.error(f"--examples-per-epoch {args.examples_per_epoch} must be a multiple of {TRAIN_BATCH} (one update per {TRAIN_BATCH})")
+    for algorithm in args.algorithms:  # a bad --set or budget fails before any data is built or model loaded
+        try:
+            REGISTRY.get(algorithm)(load_config(recipe_path(f"{algorithm}_shapes"), recipe_overrides(algorithm, Path("x"), args)))
+        except ConfigError as err:
+            parser.error(f"{algorithm}: {err}")
     sources = build_data(args, args.out / "data")
     runs = [run_algorithm(a, sources[a], args, args.out) for a in args.algorithms]
     reference = next((r for r in runs if r["algorithm"] == "dpo"), None)
