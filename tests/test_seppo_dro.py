@@ -310,7 +310,7 @@ def test_sample_per_sample_timesteps_and_predictions(tiny_model):
 
 # dro_shapes does not rise yet (seed 0, 256 held-out prompts, 20 epochs of 64 rendered experts, each +- 0.010-0.014:
 # margin 0.001 with lr 1e-3 +0.012, lr 3e-3 -0.006, the sampler never refreshed +0.009; margin 0.01 with lr 1e-3
-# -0.003, lr 5e-3 -0.007), so only SePPO's rise is asserted.
+# -0.003, lr 5e-3 -0.007; a full fine-tune at lr 3e-4 collapses to 0.099), so only SePPO's rise is asserted.
 @pytest.mark.slow
 def test_seppo_on_rendered_winners_raises_held_out_judge_score(tmp_path, shapes_rise):
     """ShapesWorld: SePPO on winners only (each caption's rendered ground truth, ``prefs experts``) raises the
