@@ -216,8 +216,7 @@ def build_shapes_preference_data(adapter, folder: Path, algorithm: str, prompts:
                                 seed=seed, progress=progress, pairing="every")
     kind = PREFERENCE_DATA[algorithm]
     what = {"pairs.jsonl": f"{summary['pairs']} pairs (every two samples of a caption with different scores)",
-            "labels.jsonl": f"{summary['labels']} labelled images ({summary['desirable']} desirable)",
-            "winners.jsonl": f"{summary['winners']} winners (the best sample of each caption)"}[kind]
+            "labels.jsonl": f"{summary['labels']} labelled images ({summary['desirable']} desirable)"}[kind]
     return folder / kind, f"{what} of {prompts} prompts x {PREFERENCE_IMAGES} samples, scored by {judge}"
 
 
