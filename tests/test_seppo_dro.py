@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 
 import pytest
 import torch
@@ -312,6 +313,8 @@ def test_sample_per_sample_timesteps_and_predictions(tiny_model):
 # margin 0.001 with lr 1e-3 +0.012, lr 3e-3 -0.006, the sampler never refreshed +0.009; margin 0.01 with lr 1e-3
 # -0.003, lr 5e-3 -0.007; a full fine-tune at lr 3e-4 collapses to 0.099), so only SePPO's rise is asserted.
 @pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("DIFFALIGN_EXTRA_RISE") != "1",
+                    reason="about 8 worker-minutes, over CI's 45-minute budget: DIFFALIGN_EXTRA_RISE=1 runs it")
 def test_seppo_on_rendered_winners_raises_held_out_judge_score(tmp_path, shapes_rise):
     """ShapesWorld: SePPO on winners only (each caption's rendered ground truth, ``prefs experts``) raises the
     judge's score on 256 held-out prompts (the paired two-seed test of ``tests/shapes_rise.py``)."""
