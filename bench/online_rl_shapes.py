@@ -1,6 +1,9 @@
 """Algorithms on ShapesWorld, side by side: time to reach a held-out reward target.
 
-The online trainers (DDPO, Flow-GRPO, AWM) by default; the preference trainers (``--algorithms dpo smpo``,
+The online trainers (DDPO, Flow-GRPO, AWM) by default; reward backpropagation (``draft``, ``alignprop``,
+``refl``: they optimise the differentiable proxy ``shapes_reward``, so they are scored by the judge as their
+gold, ``eval.gold = "shapes"``) and FIND (``find``, its multi-prompt variant as ``diffalign demo`` trains it: the
+model frozen, one initial-noise law per prompt) from the same start; the preference trainers (``--algorithms dpo smpo``,
 ``kto``) train on one preference dataset built once from the model with the judge (``--data DIR`` to reuse
 one built by ``diffalign prefs build``), so they compare from the same data budget; their clock counts the
 updates only (the data is built before).
@@ -22,6 +25,8 @@ standard errors measures noise, not learning.
     python bench/online_rl_shapes.py --algorithms awm flow_grpo --model shapes-sd
     python bench/online_rl_shapes.py --report runs/bench-online-rl --target-gain 0.05   # re-score saved curves
     python bench/online_rl_shapes.py --algorithms dpo smpo --reference dpo --model shapes-sd --out runs/bench-prefs
+    python bench/online_rl_shapes.py --algorithms draft awm find --reference draft --model shapes-sd \
+        --eval-steps 10 --eval-guidance 1 --num-eval 64 --epochs 20 --target-gain 0.03 --out runs/bench-backprop
 
 Writes ``OUT/results.json``, ``OUT/results.md`` and ``OUT/curves.png``.
 """
@@ -37,14 +42,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffalign.demo import PREFERENCE_DATA  # noqa: E402
+from diffalign.demo import DEMO_OVERRIDES, PREFERENCE_DATA  # noqa: E402
 
-ONLINE = ("ddpo", "flow_grpo", "awm")
+#: trainers that collect their own samples (no preference data)
+ONLINE = ("ddpo", "flow_grpo", "awm", "draft", "alignprop", "refl", "find")
 ALGORITHMS = (*ONLINE, "dpo", "kto", "smpo")
+#: the held-out measure is always the exact judge
+JUDGE = "shapes"
 
 
 def run_algorithm(algorithm: str, args: argparse.Namespace, out: Path) -> dict:
-    from diffalign.training.trainer import Trainer
+    from diffalign.config import load_config
+    from diffalign.training.trainer import Trainer, recipe_path
 
     overrides = [
         f"run.epochs={args.epochs}", f"run.seed={args.seed}", f"model.source={args.model}", "eval.at_start=false",
@@ -52,24 +61,33 @@ def run_algorithm(algorithm: str, args: argparse.Namespace, out: Path) -> dict:
         f"prompts.num_eval={args.num_eval}",
         *([f"eval.steps={args.eval_steps}"] if args.eval_steps else []),
         *([f"eval.guidance_scale={args.eval_guidance}"] if args.eval_guidance is not None else []),
+        *DEMO_OVERRIDES.get(algorithm, []),
         *args.set,
     ]
     if algorithm not in ONLINE:
         overrides.append(f"data.source={preference_data(args) / PREFERENCE_DATA[algorithm]}")
+    proxy = load_config(recipe_path(f"{algorithm}_shapes"), overrides).reward.spec != JUDGE
+    if proxy:  # the judge is the held-out measure of every run: a proxy's run is scored by it as its gold
+        overrides.append(f"eval.gold={JUDGE}")
     trainer = Trainer(f"{algorithm}_shapes", overrides=overrides, run_dir=out / algorithm)
     e = trainer.config.eval
-    settings = {"eval_steps": e.steps, "eval_guidance": e.guidance_scale}
-    curve, first, last = held_out_curve(trainer, args.epochs, algorithm)
+    settings = {"eval_steps": e.steps, "eval_guidance": e.guidance_scale, "reward": trainer.config.reward.spec}
+    scores = "eval/golds" if proxy else "eval/rewards"
+    curve, first, last = held_out_curve(trainer, args.epochs, algorithm, scores)
     trainer.close()
-    return {"algorithm": algorithm, "curve": curve, "gain": paired_gain(first["eval/rewards"], last["eval/rewards"]),
-            **settings}
+    return {"algorithm": algorithm, "curve": curve, "gain": paired_gain(first[scores], last[scores]), **settings}
 
 
-def held_out_curve(trainer, epochs: int, label: str) -> tuple[list[tuple[int, float, float]], dict, dict]:
-    """Train ``epochs`` epochs, evaluating after each: ``[(epoch, training seconds, held-out reward)]`` from epoch 0,
-    and the first and last evaluations (with their per-prompt rewards). The clock counts training only."""
+def held_out_curve(trainer, epochs: int, label: str,
+                   scores: str = "eval/rewards") -> tuple[list[tuple[int, float, float]], dict, dict]:
+    """Train ``epochs`` epochs, evaluating after each: ``[(epoch, training seconds, held-out score)]`` from epoch 0,
+    and the first and last evaluations (with their per-prompt scores ``scores``: ``eval/golds`` for a run whose
+    reward is a proxy). The clock counts training only."""
+    def mean(result: dict) -> float:
+        return sum(result[scores]) / len(result[scores])
+
     first = trainer.evaluate(save_grid=False)
-    curve = [(0, 0.0, first["eval/reward_mean"])]
+    curve = [(0, 0.0, mean(first))]
     print(f"[{label}] epoch 0: held-out reward {curve[0][2]:.4f}", flush=True)
     train_seconds, last = 0.0, first
     for epoch in range(1, epochs + 1):
@@ -78,7 +96,7 @@ def held_out_curve(trainer, epochs: int, label: str) -> tuple[list[tuple[int, fl
         trainer.train(epochs=epochs + 1, stop_after=1)
         train_seconds += time.perf_counter() - started
         last = trainer.evaluate(save_grid=False)
-        curve.append((epoch, train_seconds, last["eval/reward_mean"]))
+        curve.append((epoch, train_seconds, mean(last)))
         print(f"[{label}] epoch {epoch}: held-out reward {curve[-1][2]:.4f} after {train_seconds:.1f} s of training", flush=True)
     return curve, first, last
 
@@ -119,7 +137,7 @@ def time_to_target(curve: list[tuple[int, float, float]], target: float,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=list(ONLINE))
+    parser.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=["ddpo", "flow_grpo", "awm"])
     parser.add_argument("--reference", choices=ALGORITHMS, default="flow_grpo",
                         help="times are also given relative to this algorithm's (default flow_grpo)")
     parser.add_argument("--data", type=Path, default=None,

@@ -280,6 +280,92 @@ def test_refl_loss_equals_an_independent_computation(tiny_model, tmp_path):
     assert expected > 0 and stats["gradient_step"] == mid
 
 
+def refl_with_pretraining(tiny_model, run_dir, weight: float, **sections):
+    """ReFL on 4 prompts an epoch with one pre-training example (a tiny winners manifest) riding with each."""
+    from tests.tiny.prefs import write_winners
+
+    data = {"source": str(write_winners(run_dir.parent / "pretrain-data", 16, count=8)), "examples_per_epoch": 4}
+    sections["sampling"] = {"batch_size": 4, "batches_per_epoch": 1, **sections.get("sampling", {})}
+    return make(tiny_model, "refl", run_dir, data=data, refl={"target": 0.6, "pretrain_weight": weight}, **sections)
+
+
+def test_refl_pretraining_loss_is_the_denoising_error_on_its_data(tiny_model, tmp_path):
+    """``L = L_ReFL + w · L_pre``, ``L_pre`` the epsilon error of the UNet on the data examples' noised latents,
+    recomputed in float64 from diffusers' own UNet and the schedule's numbers."""
+    from tests.test_preference_trainers import noised_and_target
+
+    trainer = refl_with_pretraining(tiny_model, tmp_path / "run", 0.5)
+    algo, adapter = trainer.algorithm, trainer.adapter
+    batch = algo.collect(0)
+    assert batch.extras["real_latents"].shape[:2] == (4, 4) and batch.extras["real_cond"]["prompt_embeds"].shape[0] == 4
+    loss, stats = algo.loss((batch, 0, 0))
+    algo.pretrain.weight = 0.0
+    reward_only, _ = algo.loss((batch, 0, 0))
+    torch.testing.assert_close(loss.detach(), reward_only.detach() + 0.5 * stats["pretrain_loss"], rtol=1e-5, atol=1e-7)
+
+    gens = [algo.generator("pretrain", int(i)) for i in batch.sample_index.tolist()]
+    x0 = batch.extras["real_latents"]
+    noise = torch.stack([torch.randn(tuple(x0.shape[1:]), generator=g) for g in gens])
+    t = torch.cat([adapter.sample_training_timesteps(1, generator=g).reshape(1) for g in gens])
+    x_t, target = noised_and_target(adapter, x0, noise, t)
+    unet = adapter.trainable_denoiser
+    with torch.no_grad():
+        prediction = unet(x_t.float(), t, encoder_hidden_states=batch.extras["real_cond"]["prompt_embeds"]).sample.double()
+    expected = ((prediction - target) ** 2).mean()
+    torch.testing.assert_close(stats["pretrain_loss"].double(), expected, rtol=1e-4, atol=1e-7)
+    assert expected > 0
+
+
+def test_refl_pretraining_pulls_the_model_toward_its_data(tiny_model, tmp_path):
+    """With a large pre-training weight the denoising error on the data falls, and below ReFL alone's."""
+    probe = refl_with_pretraining(tiny_model, tmp_path / "probe", 1.0)
+    batch = probe.algorithm.collect(0)
+
+    def error(trainer) -> float:
+        """The probe's pre-training loss on its first batch, under ``trainer``'s weights."""
+        probe.adapter.trainable_denoiser.load_state_dict(trainer.adapter.trainable_denoiser.state_dict())
+        with torch.no_grad():
+            return probe.algorithm.pretrain.loss(batch.extras, batch.sample_index).item()
+
+    start = error(probe)
+    settings = {"run": {"epochs": 8}, "train": {"learning_rate": 3e-3, "ema": False}}
+    with_data = refl_with_pretraining(tiny_model, tmp_path / "with", 20.0, **settings)
+    with_data.train()
+    alone = make(tiny_model, "refl", tmp_path / "alone", sampling={"batch_size": 4, "batches_per_epoch": 1},
+                 refl={"target": 0.6}, **settings)
+    alone.train()
+    errors = {"start": start, "with pre-training": error(with_data), "ReFL alone": error(alone)}
+    assert errors["with pre-training"] < min(errors["start"], errors["ReFL alone"]), errors
+
+
+def test_refl_pretraining_resumes_exactly_and_refuses_bad_settings(tiny_model, tmp_path):
+    from tests.test_trainer import trainable
+
+    run = {"epochs": 3, "checkpoint_every": 2, "keep_checkpoints": 1}
+    straight = refl_with_pretraining(tiny_model, tmp_path / "straight", 1.0, run=run)
+    straight.train()
+    first = refl_with_pretraining(tiny_model, tmp_path / "resumed", 1.0, run=run)
+    first.train(stop_after=2)
+    second = refl_with_pretraining(tiny_model, tmp_path / "resumed", 1.0, run=run)
+    second.resume()
+    assert second.algorithm.pretrain.loader.position == 8  # two epochs of 4 examples drawn before the stop
+    second.train()
+    a, b = trainable(straight), trainable(second)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h.get("pretrain_loss") for h in straight.history] == [h.get("pretrain_loss") for h in second.history]
+
+    with pytest.raises(ConfigError, match="refl.pretrain_weight > 0 needs real examples: set data.source"):
+        make(tiny_model, "refl", tmp_path / "a", refl={"pretrain_weight": 1.0})
+    with pytest.raises(ConfigError, match="data.source is set but refl.pretrain_weight = 0"):
+        refl_with_pretraining(tiny_model, tmp_path / "b", 0.0)
+    with pytest.raises(ConfigError, match="refl.pretrain_weight = nan must be a finite number"):
+        refl_with_pretraining(tiny_model, tmp_path / "c", float("nan"))
+    with pytest.raises(ConfigError, match="refl.pretrain_weight must be a finite number >= 0, got -1.0"):
+        refl_with_pretraining(tiny_model, tmp_path / "c2", -1.0)
+    with pytest.raises(ConfigError, match="data.examples_per_epoch = 4 must equal the epoch's prompts .* = 8"):
+        refl_with_pretraining(tiny_model, tmp_path / "d", 1.0, sampling={"batch_size": 4, "batches_per_epoch": 2})
+
+
 def test_reward_loss_shapes():
     r = torch.tensor([0.5, 3.0])
     torch.testing.assert_close(reward_loss(r, "linear", 0.0, 2.0), torch.tensor([-1.0, -6.0]))

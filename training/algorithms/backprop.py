@@ -26,8 +26,11 @@ Algorithms:
 * **ReFL** (Xu et al. 2023, ImageReward): on an ``S``-step schedule draw ``m ~ U{⌊f S⌋ .. S-1}``
   (``refl.min_step_fraction = f``; official ``S = 40``, ``m ∈ 30..39``) once per batch, run steps ``0..m-1``
   without gradient, predict at step ``m`` with gradient and take the one-step estimate
-  ``x̂_0 = predicted_x0(ε̂_θ(x_{t_m}, t_m), x_{t_m}, t_m)``; ``L = mean λ ReLU(c - r(D(x̂_0)))``. The
-  pre-training loss the paper alternates with is not in the official script and not here.
+  ``x̂_0 = predicted_x0(ε̂_θ(x_{t_m}, t_m), x_{t_m}, t_m)``; ``L = mean λ ReLU(c - r(D(x̂_0)))``. The paper's
+  pre-training loss (§4.2, not in the official script) is ``refl.pretrain_weight = w > 0`` with ``[data]``
+  (captioned media, e.g. experts): ``L + w · L_pre``, ``L_pre`` the denoising loss on one data example per
+  prompt (:mod:`.real_data`). The paper's Algorithm 1 takes an update on ``L_pre`` and one on the reward in
+  turn; here one update takes their sum (the same to first order in the learning rate, and one loop step).
 
 ``[name].checkpoint_denoiser`` recomputes each kept denoiser call in the backward pass (needed beyond
 ``K ≈ 2`` at 512², §13.6).
@@ -36,14 +39,16 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
 import torch
 
 from diffalign.config import ConfigError, register_section
+from diffalign.rollout import _map_tensors, cat_field
 
 from .base import Algorithm, register_algorithm
+from .real_data import RealDataLoss
 
 __all__ = [
     "AlignProp", "AlignPropConfig", "DRaFT", "DRaFTConfig", "PromptBatch", "ReFL", "ReFLConfig", "RewardBackprop",
@@ -95,10 +100,12 @@ def differentiable_scorers() -> list[str]:
 
 @dataclass
 class PromptBatch:
-    """An epoch's prompts and their global sample indices (which seed each sample's noise)."""
+    """An epoch's prompts and their global sample indices (which seed each sample's noise); ``extras`` are
+    per-prompt tensors split and moved with them (ReFL's pre-training examples)."""
 
     prompts: list[str]
     sample_index: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def batch_size(self) -> int:
@@ -107,11 +114,16 @@ class PromptBatch:
     def __getitem__(self, index) -> "PromptBatch":
         rows = torch.arange(self.batch_size)[index]
         rows = rows.reshape(-1)
-        return PromptBatch([self.prompts[i] for i in rows.tolist()], self.sample_index[rows])
+        return PromptBatch([self.prompts[i] for i in rows.tolist()], self.sample_index[rows],
+                           _map_tensors(self.extras, lambda v: v[rows.to(v.device)]))
+
+    def to(self, device: torch.device | str) -> "PromptBatch":
+        return PromptBatch(self.prompts, self.sample_index, _map_tensors(self.extras, lambda v: v.to(device)))
 
     @staticmethod
     def cat(parts: Sequence["PromptBatch"]) -> "PromptBatch":
-        return PromptBatch([p for part in parts for p in part.prompts], torch.cat([part.sample_index for part in parts]))
+        return PromptBatch([p for part in parts for p in part.prompts], torch.cat([part.sample_index for part in parts]),
+                           cat_field([part.extras for part in parts]))
 
 
 @dataclass
@@ -330,6 +342,8 @@ class ReFLConfig(RewardBackpropConfig):
     loss_scale: float = 1e-3
     #: the gradient step m is drawn from floor(fraction x steps) .. steps - 1 (official 30..39 of 40)
     min_step_fraction: float = 0.75
+    #: weight w of the paper's pre-training loss on [data] examples (0: off, as the official script)
+    pretrain_weight: float = 0.0
 
 
 @register_algorithm
@@ -341,6 +355,23 @@ class ReFL(RewardBackprop):
         super().validate()
         if not 0 <= self.cfg.min_step_fraction < 1:
             raise ConfigError(f"refl.min_step_fraction must be in [0, 1), got {self.cfg.min_step_fraction}")
+        self.pretrain = RealDataLoss(self, self.cfg.pretrain_weight, "refl.pretrain_weight", "pretrain")
+        self.pretrain.validate(self.samples_per_epoch(), "the epoch's prompts (sampling.batch_size x batches_per_epoch)")
+
+    def setup(self, trainer) -> None:
+        super().setup(trainer)
+        self.pretrain.setup()
+
+    def collect(self, epoch: int) -> PromptBatch:
+        batch = super().collect(epoch)
+        self.pretrain.attach(batch.extras)
+        return batch.to(self.trainer.accelerator.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pretrain_data": self.pretrain.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.pretrain.load_state_dict(state.get("pretrain_data"))
 
     def gradient_step(self, batch: PromptBatch, epoch: int, inner_epoch: int) -> int:
         """The batch's step ``m`` (one draw per batch, as the official script)."""
@@ -361,4 +392,6 @@ class ReFL(RewardBackprop):
         x, t = rollout.latents[:, mid].detach(), rollout.timesteps[mid]
         x0 = self.adapter.predicted_x0(rollout.extras["predictions"][:, mid], x, t)
         rewards = self.score(self.adapter.decode(x0), batch.prompts)
-        return rewards, self.shaped(rewards).mean(), {"gradient_step": float(mid)}
+        loss, stats = self.pretrain.add_to(self.shaped(rewards).mean(), {"gradient_step": float(mid)}, batch.extras,
+                                           batch.sample_index, "pretrain_loss")
+        return rewards, loss, stats

@@ -52,7 +52,8 @@ import torch
 
 from diffalign.config import ConfigError, register_section
 
-from .base import ALGORITHMS, Algorithm, denoising_errors, register_algorithm
+from .base import ALGORITHMS, Algorithm, register_algorithm
+from .real_data import RealDataLoss
 
 __all__ = ["IPO", "IPOConfig", "Critic", "ROUND_SNAPSHOT", "borda_pair"]
 
@@ -144,7 +145,6 @@ class IPO(Algorithm):
         self._round: int | None = None
         self._round_data = None
         self._round_stats: dict[str, Any] = {}
-        self.real_loader = None
 
     # --------------------------------------------------------------------------------- config
     def validate(self) -> None:
@@ -155,13 +155,9 @@ class IPO(Algorithm):
         if not e.every or c.epochs_per_round % e.every:
             raise ConfigError(f"ipo writes an eval report per round: eval.every = {e.every} must divide "
                               f"ipo.epochs_per_round = {c.epochs_per_round} (e.g. eval.every = {c.epochs_per_round})")
-        if c.real_weight > 0:
-            data = self.config.section("data")
-            if not data.source:
-                raise ConfigError("ipo.real_weight > 0 needs real clips: set data.source (an experts or winners source)")
-            if data.examples_per_epoch != c.examples_per_epoch:
-                raise ConfigError(f"data.examples_per_epoch = {data.examples_per_epoch} must equal ipo.examples_per_epoch "
-                                  f"= {c.examples_per_epoch}: one real clip rides with each preference example")
+        #: the real-video regulariser λ·L_real (off at λ = 0)
+        self.real = RealDataLoss(self, c.real_weight, "ipo.real_weight", "real")
+        self.real.validate(c.examples_per_epoch, "ipo.examples_per_epoch")
 
     def samples_per_epoch(self) -> int:
         return self.cfg.examples_per_epoch
@@ -177,15 +173,7 @@ class IPO(Algorithm):
         self.objective.setup(trainer)
         if trainer.accelerator.num_processes > 1:
             raise ConfigError("ipo runs on one process: its rounds sample and label on the main process only")
-        if self.cfg.real_weight > 0:
-            from diffalign.preferences import PreferenceLoader, open_preferences
-
-            from ..prompts import derive_seed
-
-            data = self.config.section("data")
-            self.real_loader = PreferenceLoader(open_preferences(data, data.kind or "experts"), data,
-                                                seed=derive_seed(self.config.run.seed, "ipo-real"),
-                                                encode=self.objective.encode_media)
+        self.real.setup()
 
     def round_dir(self, round_index: int) -> Path:
         return self.trainer.run_dir / "rounds" / f"round_{round_index:03d}"
@@ -217,12 +205,7 @@ class IPO(Algorithm):
         index = order.repeat((want + n - 1) // n)[:want]
         batch = data[index]
         batch.extras["sample_index"] = torch.arange(want) + epoch * want
-        if self.real_loader is not None:
-            real = self.real_loader.next_batch()
-            with torch.no_grad():
-                cond = self.adapter.encode_prompts(real.prompts, do_cfg=False)["cond"]
-            batch.extras["real_latents"] = real.latents.float()
-            batch.extras["real_cond"] = cond
+        self.real.attach(batch.extras)
         return batch.to(self.trainer.accelerator.device)
 
     def run_round(self, round_index: int):
@@ -431,17 +414,8 @@ class IPO(Algorithm):
 
     def loss(self, micro):
         loss, stats = self.objective.loss(micro)
-        if self.cfg.real_weight > 0:
-            batch = micro[0]
-            x0 = batch.extras["real_latents"]
-            gens = [self.generator("real", int(i)) for i in batch.extras["sample_index"].tolist()]
-            noise = torch.stack([torch.randn(tuple(x0.shape[1:]), generator=g) for g in gens]).to(x0)
-            t = torch.cat([self.adapter.sample_training_timesteps(1, generator=g).reshape(1) for g in gens]).to(x0.device)
-            real = denoising_errors(self.adapter, x0, noise, t, {"cond": batch.extras["real_cond"]}, reference=None)
-            real_loss = real.policy.mean().float()
-            loss = loss + self.cfg.real_weight * real_loss
-            stats = {**stats, "real_loss": real_loss.detach()}
-        return loss, stats
+        batch = micro[0]
+        return self.real.add_to(loss, stats, batch.extras, batch.extras["sample_index"], "real_loss")
 
     # ---------------------------------------------------------------------------- reports
     def after_evaluation(self, result: dict[str, Any]) -> None:
@@ -462,11 +436,10 @@ class IPO(Algorithm):
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"critic_calls": self.critic_calls}
-        if self.real_loader is not None:
-            state["real_data"] = self.real_loader.state_dict()
+        if self.real.enabled:
+            state["real_data"] = self.real.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.critic_calls = int(state.get("critic_calls", 0))
-        if self.real_loader is not None and state.get("real_data") is not None:
-            self.real_loader.load_state_dict(state["real_data"])
+        self.real.load_state_dict(state.get("real_data"))

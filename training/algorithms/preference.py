@@ -75,34 +75,11 @@ class PreferenceAlgorithm(Algorithm):
     # ------------------------------------------------------------------------------- data
     def setup(self, trainer) -> None:
         super().setup(trainer)
-        if not self.reads_data:
-            return
-        from diffalign.preferences import PreferenceLoader, open_preferences
-
-        from ..prompts import derive_seed
-
-        acc = trainer.accelerator
-        dataset = open_preferences(self.data_config, self.data_kind)
-        self.loader = PreferenceLoader(
-            dataset, self.data_config, seed=derive_seed(self.config.run.seed, "data"),
-            num_processes=acc.num_processes, process_index=acc.process_index, encode=self.encode_media,
-        )
-
-    def encode_media(self, media: torch.Tensor) -> torch.Tensor:
-        """Media ``N×C×H×W`` (``N×T×C×H×W``) -> clean latents on CPU (the loader lays pairs out and caches)."""
-        adapter = self.adapter
-        with torch.no_grad():
-            return adapter.encode(media.to(adapter.device, torch.float32)).float().cpu()
+        if self.reads_data:
+            self.loader = open_loader(self, self.data_config, self.data_kind)
 
     def collect(self, epoch: int):
-        acc = self.trainer.accelerator
-        batch = self.loader.next_batch()  # latents encoded by the loader (cached with data.cache_latents)
-        batch.media = None
-        with torch.no_grad():
-            batch.conditioning = self.adapter.encode_prompts(batch.prompts, do_cfg=False)
-        # the loader's global draw position: the same per-example seed on any number of processes
-        batch.extras["sample_index"] = batch.extras["draw_position"]
-        return batch.to(acc.device)
+        return next_encoded_batch(self, self.loader)
 
     def epoch_stats(self, batch) -> dict[str, Any]:
         stats: dict[str, Any] = {"skipped_rows": len(self.loader.skipped)}
@@ -139,3 +116,35 @@ class PreferenceAlgorithm(Algorithm):
 
         cond = batch.conditioning["cond"]
         return {"cond": cat_cond([cond, cond]), "uncond": None}
+
+
+def open_loader(algorithm: Algorithm, data_config, kind: str, seed_name: str = "data"):
+    """The seeded, distributed, resumable :class:`~diffalign.preferences.PreferenceLoader` of ``data_config``'s
+    examples of ``kind`` (``data.kind`` when set), encoding media with the algorithm's adapter; its draws are
+    seeded by ``(run.seed, seed_name)``."""
+    from diffalign.preferences import PreferenceLoader, open_preferences
+
+    from ..prompts import derive_seed
+
+    acc = algorithm.trainer.accelerator
+    adapter = algorithm.adapter
+
+    def encode_media(media: torch.Tensor) -> torch.Tensor:
+        """Media ``N×C×H×W`` (``N×T×C×H×W``) -> clean latents on CPU (the loader lays pairs out and caches)."""
+        with torch.no_grad():
+            return adapter.encode(media.to(adapter.device, torch.float32)).float().cpu()
+
+    return PreferenceLoader(open_preferences(data_config, kind), data_config,
+                            seed=derive_seed(algorithm.config.run.seed, seed_name), num_processes=acc.num_processes,
+                            process_index=acc.process_index, encode=encode_media)
+
+
+def next_encoded_batch(algorithm: Algorithm, loader):
+    """The loader's next batch with clean latents and prompt conditioning (no CFG), on the training device."""
+    batch = loader.next_batch()  # latents encoded by the loader (cached with data.cache_latents)
+    batch.media = None
+    with torch.no_grad():
+        batch.conditioning = algorithm.adapter.encode_prompts(batch.prompts, do_cfg=False)
+    # the loader's global draw position: the same per-example seed on any number of processes
+    batch.extras["sample_index"] = batch.extras["draw_position"]
+    return batch.to(algorithm.trainer.accelerator.device)
