@@ -94,16 +94,21 @@ class ShapesRise:
             self._experts = folder
         return self._experts
 
-    def assert_rises(self, recipe: str, overrides: Sequence[str], run_dir: Path, scores: str = "eval/rewards") -> float:
+    def assert_rises(self, recipe: str, overrides: Sequence[str], run_dir: Path, scores: str = "eval/rewards",
+                     own_start: bool = False) -> float:
         """Train ``recipe`` on two seeds; the held-out gain averaged over seeds must exceed 0.02 and twice
         its standard error over prompts (a paired test: each prompt is scored with the same noise).
         ``scores="eval/golds"``: a recipe whose reward is a proxy is judged by its gold scorer (``eval.gold``
-        set to the judge), the judge's scores of the trained model against the same start."""
+        set to the judge), the judge's scores of the trained model against the same start.
+        ``own_start``: the start is the first seed's run evaluated before training, for a recipe whose
+        held-out prompts or sampler are not the shared ones (its untrained runs are the same on every seed)."""
         from diffalign.training import Trainer
 
-        start, gains = self.start(), []
+        start, gains = (None if own_start else self.start()), []
         for seed in SEEDS:
             trainer = Trainer(recipe, overrides=[*TEST_RUN, f"run.seed={seed}", *overrides], run_dir=run_dir / f"seed{seed}")
+            if start is None:
+                start = torch.tensor(trainer.evaluate(save_grid=False)[scores])
             trainer.train()
             end = torch.tensor(trainer.evaluate()[scores])
             gains.append(end - start)
