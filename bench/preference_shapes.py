@@ -64,10 +64,16 @@ def recipe_overrides(algorithm: str, source: Path, args: argparse.Namespace) -> 
                  "eval.every=0", "run.checkpoint_every=0", "run.progress=false", "run.log_with=",
                  f"prompts.num_eval={args.num_eval}", f"data.source={source}",
                  f"data.examples_per_epoch={args.examples_per_epoch}", f"train.batch_size={TRAIN_BATCH}",
-                 f"train.updates_per_epoch={max(1, args.examples_per_epoch // TRAIN_BATCH)}"]
+                 f"train.updates_per_epoch={args.examples_per_epoch // TRAIN_BATCH}"]
     if algorithm == "dro":  # the replay buffer keeps whole collected batches: the last two
         overrides.append(f"dro.buffer_size={2 * args.examples_per_epoch}")
     return [*overrides, *args.set]
+
+
+def run_settings(args: argparse.Namespace) -> dict[str, str]:
+    """What a saved result depends on: a rerun into the same ``--out`` reuses it only when these match."""
+    return {key: str(getattr(args, key)) for key in ("model", "prompts", "images", "examples_per_epoch", "epochs",
+                                                      "num_eval", "seed", "threads", "set")}
 
 
 def run_algorithm(algorithm: str, source: Path, args: argparse.Namespace, out: Path) -> dict:
@@ -75,16 +81,22 @@ def run_algorithm(algorithm: str, source: Path, args: argparse.Namespace, out: P
     from diffalign.training.trainer import Trainer
 
     saved = out / algorithm / "bench.json"
+    settings = run_settings(args)
     if saved.exists():
+        result = json.loads(saved.read_text())
+        if result.get("settings") != settings:
+            changed = sorted(k for k in settings if (result.get("settings") or {}).get(k) != settings[k])
+            raise SystemExit(f"{saved} was made with other settings ({', '.join(changed)}): "
+                             f"give another --out, or delete it to rerun {algorithm}")
         print(f"[{algorithm}] reusing {saved}", flush=True)
-        return json.loads(saved.read_text())
+        return result
     rss_before = peak_rss_mib()
     trainer = Trainer(f"{algorithm}_shapes", overrides=recipe_overrides(algorithm, source, args), run_dir=out / algorithm)
     curve, first, last = held_out_curve(trainer, args.epochs, algorithm)
     snapshots = {name: sum(t.numel() for t in trainer.adapter.snapshot_weights(name).values())
                  for name in trainer.adapter.snapshot_names}
     trainer.close()
-    result = {"algorithm": algorithm, "curve": curve, "gain": paired_gain(first["eval/rewards"], last["eval/rewards"]),
+    result = {"algorithm": algorithm, "settings": settings, "curve": curve, "gain": paired_gain(first["eval/rewards"], last["eval/rewards"]),
               "peak_rss_growth_mib": peak_rss_mib() - rss_before, "snapshot_params": snapshots,
               "trainable_params": sum(p.numel() for p in trainer.params)}
     saved.write_text(json.dumps(result, indent=2) + "\n")

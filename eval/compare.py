@@ -84,6 +84,8 @@ def _first_frame(file: Path):
 
 CAPTION_LINES = 4  # prompt lines + the verdict line under each tile
 _LINE_HEIGHT = 11
+#: pixels of caption under each tile of a captioned grid
+CAPTION_BAND = CAPTION_LINES * _LINE_HEIGHT + 4
 _PASS, _FAIL = (0, 120, 0), (190, 0, 0)
 
 
@@ -130,7 +132,7 @@ def before_after_grid(before: str | Path, after: str | Path, path: str | Path, t
         return None
     columns = max(len(left[t]) for t in tasks)
     label, gap, header, pad = 92, 16, 18, 2
-    band = CAPTION_LINES * _LINE_HEIGHT + 4 if captions else 0
+    band = CAPTION_BAND if captions else 0
     cell_w, cell_h = max(tile, 120 if captions else 0) + pad, tile + band + pad
     panel = columns * cell_w
     canvas = Image.new("RGB", (label + 2 * panel + gap, header + len(tasks) * cell_h), "white")

@@ -3,7 +3,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diffalign.eval.compare import CAPTION_LINES, before_after_grid
+from diffalign.eval.compare import CAPTION_BAND, before_after_grid
 from diffalign.eval.shapes_eval import GroundTruthSampler, run_shapes_eval
 
 
@@ -26,7 +26,7 @@ def test_grid_captions_each_tile_with_its_prompt_and_verdict(tmp_path):
     grid = np.asarray(Image.open(before_after_grid(tmp_path / "noise", tmp_path / "truth", tmp_path / "grid.png", tile=tile)))
     plain = np.asarray(Image.open(before_after_grid(tmp_path / "noise", tmp_path / "truth", tmp_path / "plain.png", tile=tile,
                                                     captions=False)))
-    band = CAPTION_LINES * 11 + 4
+    band = CAPTION_BAND
     assert grid.shape[0] == 18 + 6 * (tile + band + 2) and plain.shape[0] == 18 + 6 * (tile + 2)
     half = 92 + (grid.shape[1] - 92) // 2
     bands = np.concatenate([grid[18 + r * (tile + band + 2) + tile: 18 + (r + 1) * (tile + band + 2)] for r in range(6)])

@@ -245,9 +245,9 @@ def test_video_shapes_eval_on_ground_truth_and_noise(tmp_path):
     from diffalign.eval.compare import before_after_grid
 
     grid = before_after_grid(tmp_path / "gt", tmp_path / "gt", tmp_path / "before_after.png", tile=32)
-    from diffalign.eval.compare import CAPTION_LINES
+    from diffalign.eval.compare import CAPTION_BAND
 
-    caption_band = CAPTION_LINES * 11 + 4  # prompt and verdict under every tile
+    caption_band = CAPTION_BAND  # prompt and verdict under every tile
     assert iio.imread(grid).shape[0] == 18 + len(motion.MOTION_TASKS) * (32 + caption_band + 2)  # a row per task, MP4s' first frames
 
     class NoiseSampler:
