@@ -138,8 +138,9 @@ def time_to_target(curve: list[tuple[int, float, float]], target: float,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=["ddpo", "flow_grpo", "awm"])
-    parser.add_argument("--reference", choices=ALGORITHMS, default="flow_grpo",
-                        help="times are also given relative to this algorithm's (default flow_grpo)")
+    parser.add_argument("--reference", choices=ALGORITHMS, default=None,
+                        help="times are also given relative to this algorithm's (default flow_grpo; with --report, "
+                             "the saved run's)")
     parser.add_argument("--data", type=Path, default=None,
                         help="preference data folder (diffalign prefs build) for dpo/kto/smpo; default: built into OUT/data")
     parser.add_argument("--data-prompts", type=int, default=192, help="prompts of the preference data built")
@@ -160,10 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.report is not None:
         saved = json.loads((args.report / "results.json").read_text())
         runs = saved["runs"]
-        for key in ("model", "epochs", "num_eval", "threads", "reference"):
+        for key in ("model", "epochs", "num_eval", "threads"):
             setattr(args, key, type(getattr(args, key))(saved["args"][key]))
+        args.reference = args.reference or saved["args"]["reference"]
         args.out = args.report
         return _report(runs, args, suffix=f"_gain{args.target_gain:g}" if args.target is None else f"_target{args.target:g}")
+    args.reference = args.reference or "flow_grpo"
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     runs = [run_algorithm(a, args, args.out) for a in args.algorithms]
