@@ -1,0 +1,190 @@
+"""Full ShapesEval against CPU-minutes of training, every algorithm from the same start: the figure a paper shows.
+
+Each algorithm trains with its shipped ``*_shapes`` recipe on ``--model`` (FIND per prompt, as its demo trains it)
+for ``--minutes`` of CPU time of this process (one thread by default: the budget is "minutes on one CPU thread").
+At the start and every ``--every`` minutes the whole ShapesEval suite runs (90 prompts x 4 images, the model's
+sampling defaults unless ``--steps`` / ``--guidance-scale``; the EMA weights where the recipe evaluates with them).
+The clock stops during evaluations. Reported: the overall curve, each task's score at the start and the end, and
+the minutes each algorithm needs to reach ``--targets`` (default 0.6 and 0.8; "not reached" within the budget).
+
+The training prompts are the recipes' (the ShapesWorld grammar). Five of ShapesEval's six tasks hold every
+prompt their grammar can make, so only ``color_attr``'s suite prompts can be held out of training; the others
+are scored on prompts the grammar also draws for training, as GenEval-style RL recipes do with templates.
+
+    python bench/shapes_eval_curves.py --algorithms awm ddpo find --minutes 30 --every 5
+
+Each algorithm's curve is written to ``OUT/ALGORITHM/curve.jsonl`` as it grows; a finished one is reused on a
+rerun with the same settings (a rerun with other settings stops and says which differ). Writes
+``OUT/results.json``, ``OUT/results.md`` and ``OUT/curves.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from diffalign.demo import DEMO_OVERRIDES  # noqa: E402
+
+ALGORITHMS = ("ddpo", "flow_grpo", "awm", "draft", "alignprop", "refl", "find")
+
+
+def settings_of(args: argparse.Namespace) -> dict[str, str]:
+    """What a saved curve depends on."""
+    return {key: str(getattr(args, key)) for key in ("model", "minutes", "every", "steps", "guidance_scale", "seed",
+                                                      "threads", "set")}
+
+
+def shapes_eval(trainer, out: Path, args: argparse.Namespace) -> dict:
+    """The full suite on the trainer's current model (EMA weights when its recipe evaluates with them)."""
+    import contextlib
+
+    from diffalign.eval.shapes_eval import run_shapes_eval
+    from diffalign.sample import model_defaults
+
+    defaults = model_defaults(trainer.adapter)
+    steps = args.steps or defaults.get("num_inference_steps", 20)
+    guidance = args.guidance_scale if args.guidance_scale is not None else defaults.get("guidance_scale", 4.0)
+    context = trainer.ema_weights() if trainer.config.eval.use_ema else contextlib.nullcontext()
+    with context, torch.no_grad():
+        result = run_shapes_eval(trainer.adapter, out, steps=steps, guidance_scale=guidance, progress=False,
+                                 save_images=False)
+    return {"overall": result["overall"], "tasks": {k: v["accuracy"] for k, v in result["tasks"].items()}}
+
+
+def run_algorithm(algorithm: str, args: argparse.Namespace) -> dict:
+    from diffalign.training.trainer import Trainer
+
+    folder = args.out / algorithm
+    saved = folder / "result.json"
+    if saved.exists():
+        result = json.loads(saved.read_text())
+        if result.get("settings") != settings_of(args):
+            changed = sorted(k for k, v in settings_of(args).items() if (result.get("settings") or {}).get(k) != v)
+            raise SystemExit(f"{saved} was made with other settings ({', '.join(changed)}): give another --out, "
+                             f"or delete it to rerun {algorithm}")
+        print(f"[{algorithm}] reusing {saved}", flush=True)
+        return result
+    overrides = [f"model.source={args.model}", f"run.seed={args.seed}", "run.epochs=1000000", "eval.every=0",
+                 "eval.at_start=false", "run.checkpoint_every=0", "run.progress=false", "run.log_with=",
+                 *DEMO_OVERRIDES.get(algorithm, []), *args.set]
+    trainer = Trainer(f"{algorithm}_shapes", overrides=overrides, run_dir=folder / "run")
+    curve_file = folder / "curve.jsonl"
+    curve_file.unlink(missing_ok=True)  # an unfinished curve is not resumed: its training state is gone
+    curve = []
+
+    def record(minutes: float, epoch: int) -> None:
+        point = {"minutes": minutes, "epoch": epoch, **shapes_eval(trainer, folder / f"eval_{epoch:05d}", args)}
+        curve.append(point)
+        with curve_file.open("a") as f:
+            f.write(json.dumps(point) + "\n")
+        print(f"[{algorithm}] {minutes:5.1f} min, epoch {epoch}: ShapesEval {point['overall']:.3f}", flush=True)
+
+    record(0.0, 0)
+    cpu, epoch, next_eval = 0.0, 0, args.every
+    while cpu / 60 < args.minutes:
+        started = time.process_time()
+        trainer.train(epochs=1000000, stop_after=1)
+        cpu += time.process_time() - started
+        epoch += 1
+        if cpu / 60 >= next_eval or cpu / 60 >= args.minutes:
+            record(cpu / 60, epoch)
+            next_eval += args.every
+    trainer.close()
+    result = {"algorithm": algorithm, "settings": settings_of(args), "curve": curve}
+    saved.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def minutes_to(curve: list[dict], target: float) -> float | None:
+    """Minutes of the first evaluation at or above ``target``."""
+    return next((p["minutes"] for p in curve if p["overall"] >= target), None)
+
+
+def report(runs: list[dict], args: argparse.Namespace) -> str:
+    tasks = list(runs[0]["curve"][0]["tasks"])
+    lines = [f"# Full ShapesEval against CPU-minutes of training ({args.model})", "",
+             f"{args.minutes:g} CPU-minutes each ({args.threads} thread(s)), ShapesEval every {args.every:g} minutes "
+             "(90 prompts x 4 images); the clock stops during evaluations.", "",
+             "| algorithm | start | final | best | " + " | ".join(f"min to {t:g}" for t in args.targets) + " | "
+             + " | ".join(tasks) + " |",
+             "|---|---|---|---|" + "---|" * len(args.targets) + "---|" * len(tasks)]
+    for run in runs:
+        curve = run["curve"]
+        first, last = curve[0], curve[-1]
+        reach = [minutes_to(curve, t) for t in args.targets]
+        cells = ["not reached" if m is None else f"{m:.1f}" for m in reach]
+        per_task = [f"{first['tasks'][k]:.2f} -> {last['tasks'][k]:.2f}" for k in tasks]
+        lines.append(f"| {run['algorithm']} | {first['overall']:.3f} | {last['overall']:.3f} | "
+                     f"{max(p['overall'] for p in curve):.3f} | " + " | ".join(cells) + " | " + " | ".join(per_task) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[dict], targets: list[float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for run in runs:
+        ax.plot([p["minutes"] for p in run["curve"]], [p["overall"] for p in run["curve"]], marker="o",
+                label=run["algorithm"])
+    for target in targets:
+        ax.axhline(target, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("training minutes (one CPU thread)")
+    ax.set_ylabel("ShapesEval overall")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=["awm", "ddpo", "find"])
+    parser.add_argument("--model", default="shapes-sd")
+    parser.add_argument("--minutes", type=float, default=30.0, help="CPU-minutes of training per algorithm")
+    parser.add_argument("--every", type=float, default=5.0, help="CPU-minutes between evaluations")
+    parser.add_argument("--targets", type=float, nargs="+", default=[0.6, 0.8])
+    parser.add_argument("--steps", type=int, default=None, help="ShapesEval sampler steps (default: the model's)")
+    parser.add_argument("--guidance-scale", type=float, default=None, help="ShapesEval CFG (default: the model's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every recipe")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-shapes-eval-curves"))
+    args = parser.parse_args(argv)
+    for name in ("minutes", "every"):
+        if not getattr(args, name) > 0:
+            parser.error(f"--{name} must be a positive number, got {getattr(args, name)}")
+    if any(not 0 < t <= 1 for t in args.targets):
+        parser.error(f"--targets must lie in (0, 1], got {args.targets}")
+    from diffalign.config import ConfigError, load_config
+    from diffalign.training.algorithms import ALGORITHMS as REGISTRY
+    from diffalign.training.trainer import recipe_path
+
+    for algorithm in args.algorithms:  # a bad --set fails before any model loads
+        try:
+            REGISTRY.get(algorithm)(load_config(recipe_path(f"{algorithm}_shapes"),
+                                                [*DEMO_OVERRIDES.get(algorithm, []), *args.set]))
+        except ConfigError as err:
+            parser.error(f"{algorithm}: {err}")
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs = [run_algorithm(a, args) for a in args.algorithms]
+    table = report(runs, args)
+    (args.out / "results.md").write_text(table)
+    (args.out / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                       "runs": runs}, indent=2) + "\n")
+    plot(runs, args.targets, args.out / "curves.png")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
