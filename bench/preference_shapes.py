@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _saved import reuse_saved  # noqa: E402
 from online_rl_shapes import held_out_curve, paired_gain, time_to_target  # noqa: E402
 
 ALGORITHMS = ("dpo", "seppo", "dro")
@@ -82,14 +83,9 @@ def run_algorithm(algorithm: str, source: Path, args: argparse.Namespace, out: P
 
     saved = out / algorithm / "bench.json"
     settings = run_settings(args)
-    if saved.exists():
-        result = json.loads(saved.read_text())
-        if result.get("settings") != settings:
-            changed = sorted(k for k in settings if (result.get("settings") or {}).get(k) != settings[k])
-            raise SystemExit(f"{saved} was made with other settings ({', '.join(changed)}): "
-                             f"give another --out, or delete it to rerun {algorithm}")
-        print(f"[{algorithm}] reusing {saved}", flush=True)
-        return result
+    reused = reuse_saved(saved, settings, algorithm)
+    if reused is not None:
+        return reused
     rss_before = peak_rss_mib()
     trainer = Trainer(f"{algorithm}_shapes", overrides=recipe_overrides(algorithm, source, args), run_dir=out / algorithm)
     curve, first, last = held_out_curve(trainer, args.epochs, algorithm)

@@ -20,6 +20,7 @@ rerun with the same settings (a rerun with other settings stops and says which d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -28,7 +29,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _saved import reuse_saved  # noqa: E402
 from diffalign.demo import DEMO_OVERRIDES  # noqa: E402
 
 ALGORITHMS = ("ddpo", "flow_grpo", "awm", "draft", "alignprop", "refl", "find")
@@ -42,8 +45,6 @@ def settings_of(args: argparse.Namespace) -> dict[str, str]:
 
 def shapes_eval(trainer, out: Path, args: argparse.Namespace) -> dict:
     """The full suite on the trainer's current model (EMA weights when its recipe evaluates with them)."""
-    import contextlib
-
     from diffalign.eval.shapes_eval import run_shapes_eval
     from diffalign.sample import model_defaults
 
@@ -62,20 +63,19 @@ def run_algorithm(algorithm: str, args: argparse.Namespace) -> dict:
 
     folder = args.out / algorithm
     saved = folder / "result.json"
-    if saved.exists():
-        result = json.loads(saved.read_text())
-        if result.get("settings") != settings_of(args):
-            changed = sorted(k for k, v in settings_of(args).items() if (result.get("settings") or {}).get(k) != v)
-            raise SystemExit(f"{saved} was made with other settings ({', '.join(changed)}): give another --out, "
-                             f"or delete it to rerun {algorithm}")
-        print(f"[{algorithm}] reusing {saved}", flush=True)
-        return result
+    reused = reuse_saved(saved, settings_of(args), algorithm)
+    if reused is not None:
+        return reused
     overrides = [f"model.source={args.model}", f"run.seed={args.seed}", "run.epochs=1000000", "eval.every=0",
                  "eval.at_start=false", "run.checkpoint_every=0", "run.progress=false", "run.log_with=",
                  *DEMO_OVERRIDES.get(algorithm, []), *args.set]
     trainer = Trainer(f"{algorithm}_shapes", overrides=overrides, run_dir=folder / "run")
     curve_file = folder / "curve.jsonl"
-    curve_file.unlink(missing_ok=True)  # an unfinished curve is not resumed: its training state is gone
+    if curve_file.exists():  # an interrupted run's curve: its training state is gone, so it is kept aside, not resumed
+        kept = next(folder / f"curve.interrupted{i}.jsonl" for i in range(1, 10_000)
+                    if not (folder / f"curve.interrupted{i}.jsonl").exists())
+        curve_file.rename(kept)
+        print(f"[{algorithm}] an interrupted curve was kept as {kept}; training again from the start", flush=True)
     curve = []
 
     def record(minutes: float, epoch: int) -> None:
