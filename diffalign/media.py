@@ -193,14 +193,6 @@ def make_frame_strip(videos: torch.Tensor, padding: int = 2, pad_value: float = 
     return make_grid(videos.reshape(batch * frames, *videos.shape[2:]).float(), nrow=frames, padding=padding, pad_value=pad_value)
 
 
-def save_frame_strip(videos: torch.Tensor, path: str | Path, scale: int = 1) -> Path:
-    """Save :func:`make_frame_strip` as an image (PNG for quick viewing of videos), optionally upscaled."""
-    strip = make_frame_strip(videos)
-    if scale > 1:
-        strip = torch.nn.functional.interpolate(strip[None], scale_factor=scale, mode="nearest")[0]
-    return save_image(strip, path)
-
-
 def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2, pad_value: float = 1.0) -> torch.Tensor:
     """Tile ``B×3×H×W`` images into one ``3×H'×W'`` image, ``nrow`` images per row."""
     check_media(images, "image")

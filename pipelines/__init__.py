@@ -85,7 +85,21 @@ def load(
             f"({' '.join(str(err).split())[:200]}); download it or pass a local folder"
         ) from err
     cls = cls or adapter_class_for(type(pipe).__name__)
-    return cls(pipe, device=device)
+    adapter = cls(pipe, device=device)
+    _apply_text_length(adapter, Path(location))
+    return adapter
+
+
+def _apply_text_length(adapter: PipelineAdapter, folder: Path) -> None:
+    """A folder trained on fewer text positions than its pipeline's default (``shapes-video``: 32, not Wan's 512)
+    says so in ``diffalign_defaults.json``; the adapter then encodes prompts to that length."""
+    defaults = folder / "diffalign_defaults.json"
+    if not defaults.is_file():
+        return
+    length = json.loads(defaults.read_text()).get("max_sequence_length")
+    settable = not isinstance(getattr(type(adapter), "max_sequence_length", None), property)
+    if length is not None and hasattr(adapter, "max_sequence_length") and settable:
+        adapter.max_sequence_length = int(length)
 
 
 __all__ = [

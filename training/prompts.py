@@ -101,6 +101,26 @@ def _shapes(tasks: Sequence[str] | None = None, **options) -> PromptSource:
     return CallableSource(draw, name="shapes")
 
 
+@PROMPT_SOURCES.register("shapes_video")
+def _shapes_video(tasks: Sequence[str] | None = None, exclude_eval: bool = True, **options) -> PromptSource:
+    """Captions of ShapesWorld in motion; ``exclude_eval``: never a VideoShapesEval prompt (held out, as GenEval's
+    prompts are from Flow-GRPO's training), so the ``moving`` task, whose 12 captions are all in the suite, is
+    only trained through ``colored_motion``."""
+    from diffalign.shapes.motion import MOTION_TASKS, sample_motion_prompts
+
+    exclude: list[str] = []
+    if exclude_eval:
+        from diffalign.eval.benchmark import load_prompt_suite
+        from diffalign.eval.video_shapes_eval import suite_path
+
+        exclude = [item.prompt for item in load_prompt_suite(suite_path())]
+
+    def draw(n: int, seed: int) -> list[str]:
+        return sample_motion_prompts(n, seed=seed, tasks=tuple(tasks or MOTION_TASKS), exclude=exclude)
+
+    return CallableSource(draw, name="shapes_video")
+
+
 def _read_file(path: Path) -> list[str]:
     if path.suffix == ".jsonl":
         prompts = []

@@ -263,13 +263,6 @@ def folder_size(folder: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
 
 
-def write_defaults(folder: str | Path, kind: str, sizes: ModelSizes, extra: dict[str, Any] | None = None) -> Path:
-    values = {"height": sizes.image_size, "width": sizes.image_size, **DEFAULT_SAMPLING[kind], **(extra or {})}
-    path = Path(folder) / DEFAULTS_FILE
-    path.write_text(json.dumps(values, indent=2) + "\n")
-    return path
-
-
 def null_component_kwargs(folder: str | Path) -> dict[str, None]:
     """``{name: None}`` for every component ``model_index.json`` stores as ``[null, null]``.
 
@@ -288,17 +281,26 @@ def read_defaults(folder: str | Path) -> dict[str, Any]:
 
 def save_pipeline(pipe, folder: str | Path, kind: str, sizes: ModelSizes, float16: bool = True, extra_defaults: dict[str, Any] | None = None) -> Path:
     """``save_pretrained`` + float16 storage + the defaults file; replaces ``folder`` atomically."""
+    defaults = {"height": sizes.image_size, "width": sizes.image_size, **DEFAULT_SAMPLING[kind], **(extra_defaults or {})}
+    return save_pipeline_folder(pipe, folder, defaults, float16=float16, shipped_clip_tokenizer=True)
+
+
+def save_pipeline_folder(pipe, folder: str | Path, defaults: dict[str, Any], float16: bool = True, shipped_clip_tokenizer: bool = False) -> Path:
+    """``save_pretrained`` into a staging folder, float16 storage, ``defaults`` as :data:`DEFAULTS_FILE`, then
+    replace ``folder`` atomically. ``shipped_clip_tokenizer``: store the shipped vocab/merges files as the
+    ``tokenizer``/``tokenizer_2`` folders, not a regenerated tokenizer.json."""
     folder = Path(folder)
     staging = folder.with_name(folder.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     pipe.save_pretrained(str(staging), safe_serialization=True)
-    for name in ("tokenizer", "tokenizer_2"):  # the shipped vocab/merges files, not a regenerated tokenizer.json
-        if (staging / name).is_dir():
-            shutil.rmtree(staging / name)
-            shutil.copytree(tokenizer_path(), staging / name)
+    if shipped_clip_tokenizer:
+        for name in ("tokenizer", "tokenizer_2"):
+            if (staging / name).is_dir():
+                shutil.rmtree(staging / name)
+                shutil.copytree(tokenizer_path(), staging / name)
     if float16:
         store_float16(staging)
-    write_defaults(staging, kind, sizes, extra_defaults)
+    (staging / DEFAULTS_FILE).write_text(json.dumps(defaults, indent=2) + "\n")
     if folder.exists():
         old = folder.with_name(folder.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
@@ -362,5 +364,5 @@ __all__ = [
     "DEFAULTS_FILE", "DEFAULT_SAMPLING", "DEFAULT_SIZES", "MODEL_KINDS", "ModelSizes", "RepeatedTokenJointAttnProcessor",
     "SHIPPED_NAMES", "TINY_SIZES", "assemble_pipeline", "build_autoencoder", "build_ddim_scheduler", "build_flow_scheduler",
     "build_text_encoder", "build_transformer", "build_unet", "flow_t5_length", "folder_size", "image_to_latents",
-    "latents_to_image", "load_tokenizer", "null_component_kwargs", "read_defaults", "save_pipeline", "store_float16", "write_defaults",
+    "latents_to_image", "load_tokenizer", "null_component_kwargs", "read_defaults", "save_pipeline", "save_pipeline_folder", "store_float16",
 ]

@@ -313,6 +313,22 @@ def make_video_sample(index: int, seed: int = 0, frames: int = DEFAULT_FRAMES, s
     return VideoSample(video=render_video(scene, frames, size), caption=scene.caption, metadata=scene.metadata, scene=scene)
 
 
+def sample_motion_prompts(n: int, seed: int = 0, tasks: Sequence[str] | Mapping[str, float] = MOTION_TASKS,
+                          exclude: Sequence[str] = ()) -> list[str]:
+    """``n`` motion captions, tasks drawn as :func:`make_video_sample` draws them; captions in ``exclude``
+    (e.g. an evaluation suite's) are skipped, so the stream stays the same for any ``n``."""
+    excluded, prompts, index = set(exclude), [], 0
+    while len(prompts) < n:
+        task = _pick_task(_item_rng(seed, index, "task"), tasks)
+        caption = sample_motion_metadata(_item_rng(seed, index, "caption"), task)["prompt"]
+        index += 1
+        if caption not in excluded:
+            prompts.append(caption)
+        elif index > 1000 * (n + 1):
+            raise UserError(f"tasks {tasks!r} have no captions outside the excluded ones")
+    return prompts
+
+
 def iter_video_dataset(n: int, seed: int = 0, frames: int = DEFAULT_FRAMES, size: int = VIDEO_SIZE,
                        tasks: Sequence[str] | Mapping[str, float] = MOTION_TASKS, start: int = 0) -> Iterator[VideoSample]:
     for index in range(start, start + n):

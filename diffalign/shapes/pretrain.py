@@ -55,7 +55,7 @@ from . import world
 STAGES: tuple[str, ...] = ("autoencoder", *M.MODEL_KINDS)
 CONFIG_FILE = "pretrain_config.json"
 # fields that may differ between a run and its resumption
-_RESUMABLE_CHANGES = {"device", "checkpoint_every", "stop_after", "models", "num_threads", "parallel"}
+_RESUMABLE_CHANGES = {"device", "checkpoint_every", "stop_after", "models", "num_threads", "parallel", "autoencoder_threads"}
 
 
 @dataclass
@@ -163,8 +163,12 @@ class Stage:
         raise NotImplementedError
 
 
-def _seed_for(config: PretrainConfig, stage: str, purpose: str) -> int:
-    return config.seed * 1000 + STAGES.index(stage) * 10 + {"init": 0, "train": 1}[purpose]
+#: seed slot of every stage of every pretraining run (the video model's stages follow the image ones)
+_SEED_SLOTS: dict[str, int] = {name: i for i, name in enumerate((*STAGES, "video_autoencoder", "video"))}
+
+
+def _seed_for(config: Any, stage: str, purpose: str) -> int:
+    return config.seed * 1000 + _SEED_SLOTS[stage] * 10 + {"init": 0, "train": 1}[purpose]
 
 
 class AutoencoderStage(Stage):
