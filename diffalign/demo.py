@@ -53,6 +53,8 @@ DEMO_SETTINGS.update({"draft": ("shapes-sd", 20), "alignprop": ("shapes-sd", 20)
 #: prompts, so it trains the multi-prompt variant (one noise law per prompt from its embedding)
 DEMO_OVERRIDES: dict[str, list[str]] = {"find": ["prompts.train_list=[]", "find.per_prompt=true", "sampling.group_size=4",
                                                  "find.value_steps=20", "find.value_learning_rate=1e-2", "find.kl_weight=1.0"]}
+#: ``--video``: algorithm -> (shipped video model, epochs); IPO's three rounds of two epochs (ipo_shapes_video)
+VIDEO_DEMO_SETTINGS: dict[str, tuple[str, int]] = {"ipo": ("shapes-video", 6)}
 #: captions of the demo data of DRO (its experts) and SePPO (its winners): one rendered ground truth each
 DEMO_DATA_PROMPTS = {"dro": 256, "seppo": 1280}
 
@@ -93,10 +95,12 @@ def _summary_markdown(summary: dict[str, Any]) -> str:
 
     feedback = (f"preference data: {summary['preference_data']}" if summary.get("preference_data")
                 else f"reward: {summary['reward']}")
+    samples = "videos" if summary.get("video") else "images"
     lines = [
         f"# diffalign demo: {summary['algorithm']} on {summary['model']}",
         "",
-        f"ShapesEval subset: {summary['prompts_per_task']} prompts per task x {summary['images_per_prompt']} images, "
+        f"{summary.get('benchmark', 'ShapesEval')} subset: {summary['prompts_per_task']} prompts per task x "
+        f"{summary['images_per_prompt']} {samples}, "
         f"{summary['eval_steps']} steps, guidance {summary['eval_guidance_scale']}; {feedback}; "
         f"{summary['epochs']} training epochs in {summary['train_seconds']:.0f} s.",
         "",
@@ -118,17 +122,22 @@ def run_demo(
     progress: bool = True,
     log=print,
     preference_prompts: int = PREFERENCE_PROMPTS,
+    video: bool = False,
 ) -> DemoResult:
-    """Evaluate, align and re-evaluate a ShapesWorld model; see the module docstring."""
+    """Evaluate, align and re-evaluate a ShapesWorld model; see the module docstring. ``video``: IPO on
+    ``shapes-video``, evaluated on VideoShapesEval, with ``before_after.mp4`` beside the grid."""
     from diffalign.config import load_config
     from diffalign.errors import OutputExistsError, known_name, model_source, number
-    from diffalign.eval.compare import before_after_grid
-    from diffalign.eval.shapes_eval import run_shapes_eval
+    from diffalign.eval.compare import before_after_grid, before_after_video
     from diffalign.pipelines import load
     from diffalign.training.trainer import Trainer, recipe_path
 
-    known_name(algorithm, DEMO_SETTINGS, "demo algorithm")
-    default_model, default_epochs = DEMO_SETTINGS[algorithm]
+    video = video or algorithm in VIDEO_DEMO_SETTINGS
+    settings = VIDEO_DEMO_SETTINGS if video else DEMO_SETTINGS
+    if video and algorithm == DEFAULT_ALGORITHM:
+        algorithm = "ipo"
+    known_name(algorithm, settings, "video demo algorithm" if video else "demo algorithm")
+    default_model, default_epochs = settings[algorithm]
     model = model or default_model
     epochs = default_epochs if epochs is None else epochs
     number(epochs, "epochs", low=1, integer=True)
@@ -140,7 +149,7 @@ def run_demo(
     if (out / "summary.json").exists() or (out / "train" / "metrics.jsonl").exists():
         raise OutputExistsError(f"{out} already holds a demo run; choose another --out")
     model_source(model)
-    recipe = recipe_path(f"{algorithm}_shapes")
+    recipe = recipe_path(f"{algorithm}_shapes_video" if video else f"{algorithm}_shapes")
     train_overrides = [f"run.epochs={epochs}", f"run.seed={seed}", f"model.source={model}", "eval.at_start=false",
                        f"eval.every={max(1, epochs // 3)}", f"run.progress={str(progress).lower()}",
                        f"run.checkpoint_every={epochs}", *DEMO_OVERRIDES.get(algorithm, []), *overrides]
@@ -159,13 +168,24 @@ def run_demo(
         train_overrides.append(f"data.source={manifest}")
     trainer = Trainer(recipe, overrides=train_overrides, adapter=adapter, run_dir=out / "train")
     e = trainer.config.eval
-    eval_kwargs = dict(
-        images_per_prompt=images_per_prompt, steps=e.steps, guidance_scale=e.guidance_scale, seed=seed,
-        max_prompts_per_task=prompts_per_task, model_name=model, progress=progress,
-    )
-    log(f"[2/4] ShapesEval before alignment ({prompts_per_task} prompts/task x {images_per_prompt} images)")
+    eval_kwargs = dict(steps=e.steps, guidance_scale=e.guidance_scale, seed=seed,
+                       max_prompts_per_task=prompts_per_task, model_name=model, progress=progress)
+    if video:
+        from diffalign.eval.video_shapes_eval import NAME as benchmark, run_video_shapes_eval
+
+        frames, fps = e.num_frames or trainer.config.sampling.num_frames, e.fps or trainer.config.sampling.fps
+        sampling = trainer.config.sampling
+        evaluate = lambda folder: run_video_shapes_eval(  # noqa: E731
+            adapter, folder, videos_per_prompt=images_per_prompt, frames=frames, height=sampling.height, width=sampling.width,
+            **eval_kwargs)
+    else:
+        from diffalign.eval.shapes_eval import NAME as benchmark, run_shapes_eval
+
+        evaluate = lambda folder: run_shapes_eval(adapter, folder, images_per_prompt=images_per_prompt, **eval_kwargs)  # noqa: E731
+    samples = "videos" if video else "images"
+    log(f"[2/4] {benchmark} before alignment ({prompts_per_task} prompts/task x {images_per_prompt} {samples})")
     # a fresh LoRA starts at zero (and a fresh noise law is N(0, I)), so this is the base model
-    before = run_shapes_eval(adapter, out / "before", **eval_kwargs)
+    before = evaluate(out / "before")
     log(f"      overall accuracy {before['overall']:.3f}, judge score {before['overall_score']:.3f}")
 
     reward = describe_reward(trainer.config.reward.spec, trainer.config.reward.options)
@@ -175,20 +195,21 @@ def run_demo(
     trainer.train()
     train_seconds = time.time() - started
 
-    log("[4/4] ShapesEval after alignment")
+    log(f"[4/4] {benchmark} after alignment")
     with trainer.ema_weights() if e.use_ema else contextlib.nullcontext():
-        after = run_shapes_eval(adapter, out / "after", **eval_kwargs)
+        after = evaluate(out / "after")
     log(f"      overall accuracy {after['overall']:.3f}, judge score {after['overall_score']:.3f}")
 
     summary = {
         "algorithm": algorithm, "model": model, "epochs": epochs, "seed": seed, "train_seconds": round(train_seconds, 1),
         "prompts_per_task": prompts_per_task, "images_per_prompt": images_per_prompt,
         "eval_steps": e.steps, "eval_guidance_scale": e.guidance_scale, "reward": reward,
-        "preference_data": preference_data, "before": before, "after": after,
+        "preference_data": preference_data, "benchmark": benchmark, "video": video, "before": before, "after": after,
     }
     paths = {
         "summary": out / "summary.md",
         "before_after": before_after_grid(out / "before", out / "after", out / "before_after.png"),
+        "before_after_video": before_after_video(out / "before", out / "after", out / "before_after.mp4", fps=fps) if video else None,
         "reward_curve": trainer.plot_rewards(),
         "train": trainer.run_dir,
     }
@@ -221,7 +242,7 @@ def build_shapes_preference_data(adapter, folder: Path, algorithm: str, prompts:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--algorithm", choices=sorted(DEMO_SETTINGS), default=DEFAULT_ALGORITHM,
+    parser.add_argument("--algorithm", choices=sorted({**DEMO_SETTINGS, **VIDEO_DEMO_SETTINGS}), default=DEFAULT_ALGORITHM,
                         help=f"algorithm (default {DEFAULT_ALGORITHM}); each uses its *_shapes recipe, the preference ones "
                              f"({', '.join(PREFERENCE_DATA)}) on preference data built from the model with the judge first")
     parser.add_argument("--model", default=None, help="ShapesWorld model: shipped name or folder (default: the recipe's)")
@@ -232,6 +253,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe value (repeatable), e.g. --set train.learning_rate=1e-4")
+    parser.add_argument("--video", action="store_true",
+                        help="text-to-video: IPO rounds on shapes-video (critic: the video judge), evaluated on VideoShapesEval")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -240,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.time()
     result = run_demo(out, algorithm=args.algorithm, model=args.model, epochs=args.epochs,
                       prompts_per_task=args.prompts_per_task, images_per_prompt=args.images_per_prompt,
-                      seed=args.seed, overrides=args.overrides, progress=not args.no_progress)
+                      seed=args.seed, overrides=args.overrides, progress=not args.no_progress, video=args.video)
     print()
     print(result.paths["summary"].read_text())
     print(f"done in {time.time() - started:.0f} s; results in {result.out}:")

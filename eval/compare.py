@@ -71,13 +71,16 @@ def _first_samples_by_task(run: Path) -> dict[str, list[dict[str, Any]]]:
     return rows
 
 
+_VIDEO_SUFFIXES = {".mp4", ".webm", ".avi", ".mov", ".mkv", ".gif"}
+
+
 def _first_frame(file: Path):
     """A saved sample as a PIL image: the image itself, or a video's first frame."""
     from PIL import Image
 
     from diffalign.media import load_video, tensor_to_pil
 
-    if file.suffix.lower() in {".mp4", ".webm", ".avi", ".mov", ".mkv"}:
+    if file.suffix.lower() in _VIDEO_SUFFIXES:
         return tensor_to_pil(load_video(file, max_frames=1))[0]
     return Image.open(file).convert("RGB")
 
@@ -151,6 +154,28 @@ def before_after_grid(before: str | Path, after: str | Path, path: str | Path, t
     path = Path(path)
     canvas.save(path)
     return path
+
+
+def before_after_video(before: str | Path, after: str | Path, path: str | Path, fps: int = 8, scale: int = 3) -> Path | None:
+    """The video twin of :func:`before_after_grid`: an MP4 whose rows are tasks, each row the saved first
+    videos of its prompts before, then the same prompts and seeds after. None when no videos were saved."""
+    import torch
+
+    from diffalign.media import load_video, save_video_grid
+
+    left, right = _first_samples_by_task(Path(before)), _first_samples_by_task(Path(after))
+    rows = [(left[t], right[t]) for t in left if t in right]
+    rows = [(a, b) for a, b in rows if a and a[0]["file"].suffix.lower() in _VIDEO_SUFFIXES]
+    if not rows:
+        return None
+    columns = max(len(a) for a, _ in rows)
+    videos = []
+    for a, b in rows:
+        for side in (a, b):
+            clips = [load_video(row["file"]) for row in side[:columns]]
+            blank = torch.ones_like(clips[0])
+            videos.extend(clips + [blank] * (columns - len(clips)))
+    return save_video_grid(torch.stack(videos), path, nrow=2 * columns, fps=fps, scale=scale)
 
 
 def write_comparison(out: str | Path, before: Mapping[str, Any], after: Mapping[str, Any], *, title: str,

@@ -47,14 +47,14 @@ class VideoPretrainConfig:
     out: str
     sizes: V.VideoModelSizes = field(default_factory=lambda: V.DEFAULT_VIDEO_SIZES)
     seed: int = 0
-    dataset_size: int = 12_000
+    dataset_size: int = 8000
     autoencoder_batch_size: int = 8
-    autoencoder_steps: int = 1000
-    autoencoder_lr: float = 2e-3
+    autoencoder_steps: int = 2000  # measured: after 1000 steps squares come out round (15% of reconstructions pass the judge)
+    autoencoder_lr: float = 3e-3
     kl_weight: float = 1e-6
     foreground_weight: float = 10.0
     batch_size: int = 32
-    steps: int = 8000
+    steps: int = 5000
     lr: float = 1e-3
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
