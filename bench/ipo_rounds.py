@@ -22,9 +22,8 @@ import torch  # noqa: E402
 
 
 def seconds_to_sample_8(model: str = "shapes-video") -> float:
-    from diffalign.pipelines import load
+    from diffalign.pipelines import load, shipped_model_path
     from diffalign.shapes.models import read_defaults
-    from diffalign.pipelines import shipped_model_path
 
     adapter = load(model)
     d = read_defaults(shipped_model_path(model) or model)
@@ -62,6 +61,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="run folder (must not hold a run)")
     parser.add_argument("--report", type=Path, help="print the table of a finished run and exit")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--model", default="shapes-video", help="shipped name or folder (default shapes-video)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -72,9 +72,9 @@ def main() -> None:
         parser.error("--out or --report is required")
     from diffalign.training import Trainer
 
-    print(f"sampling 8 videos at shapes-video's defaults: {seconds_to_sample_8():.2f} s")
+    print(f"sampling 8 videos at {args.model}'s defaults: {seconds_to_sample_8(args.model):.2f} s")
     trainer = Trainer("ipo_shapes_video", overrides=[f"run.epochs={2 * args.rounds}", "run.progress=false", "run.log_with=",
-                                                      *args.overrides], run_dir=args.out)
+                                                      f"model.source={args.model}", *args.overrides], run_dir=args.out)
     started = time.time()
     trainer.train()
     print(f"{args.rounds} rounds in {time.time() - started:.0f} s (with the held-out evaluations)")

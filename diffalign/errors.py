@@ -260,6 +260,12 @@ def model_source(source: str | Path, *, option: str = "--model") -> str:
     text = str(source)
     if (asset_path("models", text) / "model_index.json").exists():
         return text
+    trainable = {"shapes-video": "python -m diffalign.shapes.pretrain_video --out runs/shapes-video-pretrain"}
+    if text in trainable and not Path(text).exists():
+        raise MissingPathError(
+            f"{option} {text}: this model is not shipped in assets/models yet; train it with `{trainable[text]}` "
+            f"and pass the folder it writes (runs/shapes-video-pretrain/{text})"
+        )
     path = Path(text).expanduser()
     if path.exists():
         if not (path / "model_index.json").exists():

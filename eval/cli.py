@@ -136,8 +136,9 @@ def run(args: argparse.Namespace) -> int:
         if args.benchmark == "shapes-video":
             from .video_shapes_eval import run_video_shapes_eval
 
+            size = {k: defaults[k] for k in ("height", "width") if k in defaults}  # a video pipeline's own default is 480p
             return run_video_shapes_eval(
-                sampler, folder, videos_per_prompt=args.images_per_prompt, frames=defaults.get("num_frames"), steps=steps,
+                sampler, folder, videos_per_prompt=args.images_per_prompt, frames=defaults.get("num_frames"), steps=steps, **size,
                 guidance_scale=guidance, seed=args.seed, batch_size=args.batch_size,
                 max_prompts_per_task=args.max_prompts_per_task, prompts=args.prompts, model_name=model_name,
                 progress=not args.no_progress, resume=args.resume, save_videos=not args.no_images or args.compare,

@@ -1,7 +1,7 @@
 """Pipeline adapters: one per model family, around a diffusers pipeline.
 
 ``diffalign.pipelines.load(source)`` takes a hub id, a local folder, the name of a model shipped in
-``assets/`` (``"shapes-sd"``, ``"shapes-flow"``) or a diffusers pipeline object, and returns the
+``assets/`` (``"shapes-sd"``, ``"shapes-flow"``, ``"shapes-video"``) or a diffusers pipeline object, and returns the
 adapter for its family.
 """
 from __future__ import annotations

@@ -150,3 +150,15 @@ def test_video_demo_runs_ipo_rounds_and_writes_before_after_videos(tmp_path, tin
     assert grid.shape == (9, 3, 3 * (5 * 34 + 2), 3 * (2 * 34 + 2))  # 5 tasks x (before | after), 32 px tiles + padding, x3
     assert result.paths["before_after"].suffix == ".png"
     assert len(list((result.out / "train" / "rounds").glob("round_*/labels.jsonl"))) == 2  # two rounds of two epochs
+
+
+def test_video_demo_names_the_training_command_while_shapes_video_is_not_shipped(tmp_path):
+    from diffalign.demo import run_demo
+    from diffalign.errors import MissingPathError
+    from diffalign.pipelines import shipped_model_path
+
+    if shipped_model_path("shapes-video") is not None:
+        pytest.skip("shapes-video is shipped")
+    with pytest.raises(MissingPathError, match="pretrain_video"):
+        run_demo(tmp_path / "demo", video=True, progress=False, log=lambda *a: None)
+    assert not (tmp_path / "demo").exists()  # refused before anything was written
