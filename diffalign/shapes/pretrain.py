@@ -171,6 +171,17 @@ def _seed_for(config: Any, stage: str, purpose: str) -> int:
     return config.seed * 1000 + _SEED_SLOTS[stage] * 10 + {"init": 0, "train": 1}[purpose]
 
 
+def weighted_reconstruction(recon: torch.Tensor, x: torch.Tensor, foreground_weight: float) -> torch.Tensor:
+    """L1 + MSE of ``recon`` against ``x`` (both in [-1, 1], channels on dim 1: images or ``B×C×T×H×W`` clips),
+    pixels that differ from the grey background weighted ``foreground_weight`` times."""
+    shape = (1, 3) + (1,) * (x.ndim - 2)
+    background = torch.tensor(world.BACKGROUND, device=x.device).view(shape) / 127.5 - 1
+    foreground = ((x - background).abs().amax(dim=1, keepdim=True) > 0.1).float()
+    weight = 1 + (foreground_weight - 1) * foreground
+    error = recon - x
+    return (weight * (error.abs() + error.pow(2))).sum() / (weight.sum() * 3)
+
+
 class AutoencoderStage(Stage):
     name = "autoencoder"
 
@@ -199,12 +210,7 @@ class AutoencoderStage(Stage):
         z = posterior.mean + posterior.std * noise
         recon = vae.decode(z).sample
         kl = posterior.kl().mean() / z[0].numel()
-        background = torch.tensor(world.BACKGROUND, device=x.device).view(1, 3, 1, 1) / 127.5 - 1
-        foreground = ((x - background).abs().amax(dim=1, keepdim=True) > 0.1).float()
-        weight = 1 + (self.config.foreground_weight - 1) * foreground
-        error = recon - x
-        reconstruction = (weight * (error.abs() + error.pow(2))).sum() / (weight.sum() * 3)
-        return reconstruction + self.config.kl_weight * kl
+        return weighted_reconstruction(recon, x, self.config.foreground_weight) + self.config.kl_weight * kl
 
     @torch.no_grad()
     def export(self):

@@ -32,10 +32,10 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import motion, world
+from . import motion
 from . import video_model as V
 from .models import folder_size, save_pipeline_folder
-from .pretrain import PretrainStopped, Stage, _check_config, _interrupt_on_sigterm, _seed_for, train_stage
+from .pretrain import PretrainStopped, Stage, _check_config, _interrupt_on_sigterm, _seed_for, train_stage, weighted_reconstruction
 
 _STAGES = ("video_autoencoder", "video")
 
@@ -131,11 +131,7 @@ class VideoAutoencoderStage(Stage):
         noise = torch.randn(posterior.mean.shape, generator=generator).to(self.device)
         recon = vae.decode(posterior.mean + posterior.std * noise).sample
         kl = posterior.kl().mean() / posterior.mean[0].numel()
-        background = torch.tensor(world.BACKGROUND, device=x.device).view(1, 3, 1, 1, 1) / 127.5 - 1
-        foreground = ((x - background).abs().amax(dim=1, keepdim=True) > 0.1).float()
-        weight = 1 + (self.config.foreground_weight - 1) * foreground
-        error = recon - x
-        return (weight * (error.abs() + error.pow(2))).sum() / (weight.sum() * 3) + self.config.kl_weight * kl
+        return weighted_reconstruction(recon, x, self.config.foreground_weight) + self.config.kl_weight * kl
 
     @torch.no_grad()
     def export(self):

@@ -51,22 +51,10 @@ def clip_text_encoder(
 
 
 def t5_tokenizer(path: Path, extra_words: tuple[str, ...] = ()):
-    """A small sentencepiece-style unigram tokenizer saved as ``T5TokenizerFast``."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import T5TokenizerFast
+    """A small sentencepiece-style unigram ``T5TokenizerFast`` (the package's builder) saved to ``path``."""
+    from diffalign.shapes.video_model import build_t5_tokenizer
 
-    pieces = ["<pad>", "</s>", "<unk>"] + ["▁" + w for w in (*WORDS, *extra_words)]
-    pieces += [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["▁"] + list("0123456789.,!?'-")
-    vocab = [(p, 0.0 if i < 3 else -float(len(p) < 3) - 1.0) for i, p in enumerate(pieces)]
-    backend = Tokenizer(models.Unigram(vocab, unk_id=2))
-    backend.normalizer = normalizers.Sequence([normalizers.Lowercase()])
-    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    backend.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
-    tokenizer = T5TokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0)
-    tokenizer.model_max_length = 512
-    tokenizer.save_pretrained(path)
-    return tokenizer
+    return build_t5_tokenizer((*WORDS, *extra_words), path)
 
 
 def t5_text_encoder(path: Path, vocab_size: int, d_model: int = 32, layers: int = 2, heads: int = 4, umt5: bool = False, seed: int = 0):
