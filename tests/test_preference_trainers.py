@@ -184,7 +184,9 @@ def test_smpo_loss_matches_float64_formula_on_inverted_latents(tiny_model, tmp_p
     p = batch.labels.double()
     inside = -0.5 * 40.0 * 10.0 * (2 * p - 1) * ((e[:b] - r[:b]) - (e[b:] - r[b:]))
     expected = -F.logsigmoid(inside).mean()
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
+    # beta * T = 400 multiplies the float32 round-off of the error differences (~5e-7) before the sigmoid:
+    # the float32 loss can sit ~1e-4 relative from the float64 one; a wrong factor or sign moves it by far more
+    assert loss.item() == pytest.approx(expected.item(), rel=5e-4, abs=1e-6)
 
 
 @pytest.mark.parametrize("model", ["policy", "reference"])
