@@ -121,7 +121,7 @@ def tiny_shapes_video(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("shapes-video")
     assert pretrain_video.main(["--tiny", "--dataset-size", "16", "--batch-size", "4", "--autoencoder-steps", "2", "--steps", "2",
-                                "--out", str(out)]) == 0
+                                "--threads", "1", "--out", str(out)]) == 0
     return out / "shapes-video"
 
 

@@ -10,7 +10,7 @@ from diffalign.shapes import pretrain as P
 from diffalign.shapes import pretrain_video as PV
 from diffalign.shapes import video_model as V
 
-TINY_ARGS = ["--tiny", "--dataset-size", "24", "--batch-size", "4", "--autoencoder-steps", "2", "--steps", "3", "--checkpoint-every", "2"]
+TINY_ARGS = ["--tiny", "--dataset-size", "24", "--batch-size", "4", "--autoencoder-steps", "2", "--steps", "3", "--checkpoint-every", "2", "--threads", "1"]
 
 
 def test_tokenizer_gives_every_caption_word_one_piece():
