@@ -69,7 +69,7 @@ def time_shapes_video(videos: int, repeats: int) -> None:
         print(f"| {V.SHIPPED_NAME} | not shipped | | | |")
         return
     defaults = read_defaults(folder)
-    call = {k: v for k, v in defaults.items() if k != "fps"}
+    call = V.stock_call_kwargs(defaults)
     prompts = sample_motion_prompts(videos, seed=0)
     pipe = diffusers.WanPipeline.from_pretrained(str(folder))
     pipe.set_progress_bar_config(disable=True)

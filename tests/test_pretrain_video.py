@@ -37,8 +37,8 @@ def test_tiny_run_writes_a_stock_wan_pipeline(tmp_path):
     assert defaults["num_frames"] == 9 and defaults["height"] == defaults["width"] == 32
     pipe = WanPipeline.from_pretrained(str(folder))
     pipe.set_progress_bar_config(disable=True)
-    frames = pipe("a red circle moving up", num_inference_steps=2, output_type="pt", generator=torch.Generator().manual_seed(0),
-                  **{k: v for k, v in defaults.items() if k not in ("num_inference_steps", "fps")}).frames
+    frames = pipe("a red circle moving up", output_type="pt", generator=torch.Generator().manual_seed(0),
+                  **{**V.stock_call_kwargs(defaults), "num_inference_steps": 2}).frames
     assert frames.shape == (1, 9, 3, 32, 32) and torch.isfinite(frames).all()
     tensors = load_file(str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))
     assert all(t.dtype == torch.float16 for t in tensors.values())

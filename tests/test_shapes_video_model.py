@@ -25,17 +25,13 @@ def _stock_pipeline():
     return pipe, read_defaults(_folder())
 
 
-def _call_kwargs(defaults):
-    return {k: v for k, v in defaults.items() if k != "fps"}
-
-
 def test_shipped_video_model_is_a_small_stock_pipeline():
     assert folder_size(_folder()) < 20e6
     pipe, defaults = _stock_pipeline()
     assert type(pipe).__name__ == "WanPipeline"
     assert (defaults["num_frames"], defaults["height"], defaults["width"]) == (V.VIDEO_FRAMES, 32, 32)
     frames = pipe(["a red circle moving to the right", "a still blue square"], output_type="pt",
-                  generator=torch.Generator().manual_seed(0), **{**_call_kwargs(defaults), "num_inference_steps": 3}).frames
+                  generator=torch.Generator().manual_seed(0), **{**V.stock_call_kwargs(defaults), "num_inference_steps": 3}).frames
     assert frames.shape == (2, V.VIDEO_FRAMES, 3, 32, 32)
     assert torch.isfinite(frames).all() and frames.min() >= 0 and frames.max() <= 1
 
@@ -50,7 +46,7 @@ def test_shipped_video_model_loads_through_diffalign_and_matches_the_stock_pipel
     prompts = ["a green triangle moving up"]
     rollout = adapter.sample(prompts, steps=4, guidance_scale=defaults["guidance_scale"], generator=torch.Generator().manual_seed(0),
                              height=32, width=32, num_frames=V.VIDEO_FRAMES)
-    stock = pipe(prompts, output_type="pt", generator=torch.Generator().manual_seed(0), **{**_call_kwargs(defaults), "num_inference_steps": 4}).frames
+    stock = pipe(prompts, output_type="pt", generator=torch.Generator().manual_seed(0), **{**V.stock_call_kwargs(defaults), "num_inference_steps": 4}).frames
     assert rollout.media.shape == stock.shape
     assert torch.allclose(rollout.media, stock, atol=2e-3), (rollout.media - stock).abs().max()
 
@@ -74,7 +70,7 @@ def test_shipped_video_model_follows_prompts_better_than_chance():
     """Judged against their own prompts, videos must beat the same videos judged against another prompt of their task."""
     pipe, defaults = _stock_pipeline()
     prompts = motion.sample_motion_prompts(16, seed=123, tasks=("colored_motion", "still"))
-    videos = pipe(prompts, output_type="pt", generator=torch.Generator().manual_seed(0), **_call_kwargs(defaults)).frames
+    videos = pipe(prompts, output_type="pt", generator=torch.Generator().manual_seed(0), **V.stock_call_kwargs(defaults)).frames
     own = sum(v.correct for v in video_judge.judge_videos(videos, prompts))
     by_task: dict[str, list[int]] = {}
     for i, p in enumerate(prompts):

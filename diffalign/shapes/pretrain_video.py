@@ -67,7 +67,7 @@ class VideoPretrainConfig:
     float16_storage: bool = True
     device: str = "cpu"
     stop_after: int | None = None
-    num_threads: int | None = 2  # this machine's two cores; a resumed run must use the same count to end bit-identical
+    num_threads: int | None = 2  # the shipped model's run (two cores); a resumed run must use the same count to end bit-identical
     autoencoder_threads: int | None = None  # the autoencoder stage alone may use more threads (nothing runs beside it)
 
     def __post_init__(self):

@@ -153,5 +153,14 @@ def normalise_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     return (latents - mean) / std
 
 
+#: keys of ``diffalign_defaults.json`` that are not ``WanPipeline.__call__`` arguments (``fps`` is for writing files)
+_FILE_ONLY_DEFAULTS = ("fps",)
+
+
+def stock_call_kwargs(defaults: dict[str, Any]) -> dict[str, Any]:
+    """The defaults file's settings that a stock ``WanPipeline(...)`` call takes."""
+    return {k: v for k, v in defaults.items() if k not in _FILE_ONLY_DEFAULTS}
+
+
 def video_defaults(sizes: VideoModelSizes) -> dict[str, Any]:
     return {"height": sizes.image_size, "width": sizes.image_size, **DEFAULT_VIDEO_SAMPLING, "num_frames": sizes.frames}
