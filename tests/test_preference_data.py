@@ -431,6 +431,24 @@ def test_prefs_experts_renders_exact_shapesworld_experts(tmp_path, capsys):
     assert torch.equal(load_image(out / "images" / "000000.png"), images[0])
 
 
+def test_prefs_experts_renders_motion_captions_as_clips_the_video_judge_passes(tmp_path, capsys):
+    """The real-video regulariser's data on ShapesWorld in motion: each caption's ground-truth clip as an MP4
+    (9 frames, what shapes-video takes) that reads back through the data module and passes the video judge."""
+    from diffalign.cli import main
+    from diffalign.scorers import load
+
+    out = tmp_path / "experts"
+    assert main(["prefs", "experts", "--prompts", "shapes_video", "--num-prompts", "6", "--frames", "9", "--out", str(out)]) == 0
+    experts = open_preferences(DataConfig(source=str(out / "experts.jsonl")), kind="experts")
+    assert len(experts) == 6 and all(experts.row(i).media[0].shape == (9, 3, 32, 32) for i in range(6))
+    videos = torch.stack([experts.row(i).media[0] for i in range(6)])
+    assert load("shapes_video", mode="binary")(videos, [experts.prompt(i) for i in range(6)]).tolist() == [1.0] * 6
+    assert main(["prefs", "experts", "--prompts", "shapes_video", "--num-prompts", "2", "--frames", "40",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "--frames must be in [8, 16], got 40" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_every_pairing_pairs_each_two_samples_of_a_caption_with_different_scores(tmp_path):
     from diffalign.preferences.build import _write_build_manifests
 

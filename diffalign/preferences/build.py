@@ -379,30 +379,45 @@ def topk_preferences(
     return summary
 
 
-def shapes_experts(prompts: Sequence[str], out: str | Path, *, seed: int = 0, size: int | None = None) -> dict[str, Any]:
-    """ShapesWorld's exact experts: the rendered ground-truth scene of each caption (layout seeded by
-    ``(seed, prompt index)``) as ``out/experts.jsonl`` (``prompt, media``) and PNGs under ``out/images``."""
+def shapes_experts(prompts: Sequence[str], out: str | Path, *, seed: int = 0, size: int | None = None,
+                   frames: int | None = None) -> dict[str, Any]:
+    """ShapesWorld's exact experts: the rendered ground truth of each caption (layout seeded by ``(seed,
+    prompt index)``) as ``out/experts.jsonl`` (``prompt, media``), PNGs under ``out/images``; a motion caption
+    ("a red circle moving to the right") is rendered as a ``frames``-frame clip (default
+    :data:`~diffalign.shapes.motion.DEFAULT_FRAMES`; ``shapes-video`` takes 9), an MP4 under ``out/videos``."""
     import random
 
-    from diffalign.shapes import world
+    from diffalign.shapes import motion, world
     from diffalign.training.prompts import derive_seed
 
     prompts = list(prompts)
     if not prompts:
         raise ValueError("no prompts to render")
+    frames = motion.check_frames(motion.DEFAULT_FRAMES if frames is None else frames)
     parsed = []
     for index, prompt in enumerate(prompts):  # every caption is checked before anything is written
         try:
-            parsed.append(world.parse_caption(prompt))
-        except world.GrammarError as err:
-            raise ValueError(f"prompt {index} {prompt!r} is not a ShapesWorld caption ({err})") from err
+            parsed.append(("image", world.parse_caption(prompt)))
+        except world.GrammarError as image_error:
+            try:
+                parsed.append(("video", motion.parse_motion_caption(prompt)))
+            except world.GrammarError:
+                raise ValueError(f"prompt {index} {prompt!r} is not a ShapesWorld caption ({image_error})") from image_error
     out = Path(out)
-    _check_settings(out, {"command": "experts", "source": "shapes ground truth", "seed": seed, "size": size}, resume=True)
+    settings = {"command": "experts", "source": "shapes ground truth", "seed": seed, "size": size}
+    if any(kind == "video" for kind, _ in parsed):
+        settings["frames"] = frames
+    _check_settings(out, settings, resume=True)
     rows = []
-    for index, (prompt, metadata) in enumerate(zip(prompts, parsed)):
-        scene = world.scene_for(metadata, random.Random(derive_seed(seed, "expert", index)))
-        name = f"images/{index:06d}.png"
-        save_image(world.render_tensor(scene, size or world.IMAGE_SIZE), out / name)
+    for index, (prompt, (kind, metadata)) in enumerate(zip(prompts, parsed)):
+        rng = random.Random(derive_seed(seed, "expert", index))
+        if kind == "video":
+            scene = motion.motion_scene_for(metadata, rng, frames)
+            name = f"videos/{index:06d}.mp4"
+            save_video(motion.render_video(scene, frames, size or motion.VIDEO_SIZE), out / name)
+        else:
+            name = f"images/{index:06d}.png"
+            save_image(world.render_tensor(world.scene_for(metadata, rng), size or world.IMAGE_SIZE), out / name)
         rows.append({"prompt": prompt, "media": name})
     _write_jsonl(out / "experts.jsonl", rows)
     summary = {"experts": len(rows), "source": "shapes ground truth"}

@@ -69,7 +69,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     topk.add_argument("--split", default="train", help="dataset split (Hugging Face sources)")
     _common(topk)
     experts = sub.add_parser("experts", help="ShapesWorld: the rendered ground truth of each caption as an experts manifest")
-    experts.add_argument("--prompts", default="shapes", metavar="FILE|NAME", help="ShapesWorld captions (default: shapes)")
+    experts.add_argument("--prompts", default="shapes", metavar="FILE|NAME", help="ShapesWorld captions, still or in motion "
+                         "(default: shapes; shapes_video: motion captions, rendered as MP4s)")
+    experts.add_argument("--frames", type=int, default=None,
+                         help="frames of a motion caption's clip (default: 8; shapes-video takes 9)")
     experts.add_argument("--num-prompts", type=int, default=None, help="captions to render (default: every prompt of the file)")
     experts.add_argument("--seed", type=int, default=0)
     experts.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
@@ -108,6 +111,11 @@ def _check(args: argparse.Namespace) -> list[str]:
     if args.prefs_command == "experts":
         if args.num_prompts is not None and args.num_prompts < 1:
             problems.append(f"--num-prompts must be >= 1, got {args.num_prompts}")
+        if args.frames is not None:
+            from diffalign.shapes.motion import FRAME_RANGE
+
+            if not FRAME_RANGE[0] <= args.frames <= FRAME_RANGE[1]:
+                problems.append(f"--frames must be in [{FRAME_RANGE[0]}, {FRAME_RANGE[1]}], got {args.frames}")
         return problems
     try:
         unknown = [name for name, _ in parse_spec(args.scorer) if name not in SCORERS]
@@ -165,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     progress = not getattr(args, "no_progress", False)
     try:
         if command == "experts":
-            summary = shapes_experts(_prompts(args), args.out, seed=args.seed)
+            summary = shapes_experts(_prompts(args), args.out, seed=args.seed, frames=args.frames)
             print(f"{summary['experts']} ground-truth experts -> {Path(args.out) / 'experts.jsonl'}")
         elif command == "build":
             prompts = _prompts(args)  # before anything heavy loads
