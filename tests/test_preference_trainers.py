@@ -3,6 +3,7 @@ and flow models (and video), through the real loop: data loader, encoding, share
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -65,11 +66,12 @@ def errors64(trainer, x_t, target, cond, *, reference: bool):
     return ((out.double() - target) ** 2).flatten(1).mean(1)
 
 
-@pytest.mark.parametrize("kind", ["sd15", "sd2", "sd3"])
-def test_dpo_loss_matches_float64_formula(tiny_model, tmp_path, kind):
+@pytest.mark.parametrize("kind,winner_weight", [("sd15", 0.0), ("sd2", 0.0), ("sd3", 0.0), ("sd15", 0.7), ("sd3", 0.7)])
+def test_dpo_loss_matches_float64_formula(tiny_model, tmp_path, kind, winner_weight):
+    """``winner_weight = λ₁``: ``L_DPO + λ₁·mean e_θ(x^w)`` (Dual-IPO's term on the preferred sample)."""
     from diffalign.pipelines.base import cat_cond
 
-    trainer = preference_trainer(tiny_model, kind, "dpo", tmp_path, dpo={"beta": 50.0})
+    trainer = preference_trainer(tiny_model, kind, "dpo", tmp_path, dpo={"beta": 50.0, "winner_weight": winner_weight})
     perturb_lora(trainer)
     batch = trainer.collect(0)
     micro = next(iter(trainer.algorithm.micro_batches(batch, 0, 0)))
@@ -84,7 +86,7 @@ def test_dpo_loss_matches_float64_formula(tiny_model, tmp_path, kind):
     e, r = errors64(trainer, x_t, target, cond, reference=False), errors64(trainer, x_t, target, cond, reference=True)
     b = batch.batch_size
     inside = -0.5 * 50.0 * ((e[:b] - r[:b]) - (e[b:] - r[b:]))
-    expected = -F.logsigmoid(inside).mean()
+    expected = -F.logsigmoid(inside).mean() + winner_weight * e[:b].mean()
     assert abs(loss.item() - expected.item()) < 1e-5 * max(1.0, abs(expected.item()))
     assert stats["implicit_acc"].item() == pytest.approx(((inside > 0).double().mean() + 0.5 * (inside == 0).double().mean()).item())
     assert stats["ref_err_preferred"].item() == pytest.approx(r[:b].mean().item(), rel=1e-5)
@@ -258,6 +260,14 @@ def test_preference_trainers_check_their_data(tiny_model, tmp_path):
     with pytest.raises(ConfigError, match="train.batch_size = 3 must divide the 4 samples"):
         Trainer(base_config("dpo", path, data={"source": str(manifest), "examples_per_epoch": 4}, train={"batch_size": 3}),
                 reward=lambda m, p: m.mean(dim=(1, 2, 3)), run_dir=tmp_path / "c")
+    for value, message in ((float("nan"), "dpo.winner_weight = nan must be a finite number"),
+                           (-1.0, "dpo.winner_weight must be a finite number >= 0, got -1.0")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            Trainer(base_config("dpo", path, data={"source": str(manifest)}, dpo={"winner_weight": value}),
+                    reward=lambda m, p: m.mean(dim=(1, 2, 3)), run_dir=tmp_path / "d")
+    with pytest.raises(ConfigError, match="dpo.sft trains the preferred image's loss alone"):
+        Trainer(base_config("dpo", path, data={"source": str(manifest)}, dpo={"sft": True, "winner_weight": 1.0}),
+                reward=lambda m, p: m.mean(dim=(1, 2, 3)), run_dir=tmp_path / "e")
 
 
 @pytest.mark.parametrize("algorithm", ["dpo", "kto"])

@@ -9,7 +9,9 @@ denoising error in the model's own prediction space (ε, v or flow velocity), an
 
 as the official code writes the paper's ``-log σ(-β T ω(λ_t) [...])`` (``T ω(λ_t)`` absorbed into β, a mean
 rather than a sum over dims). With policy = reference, ``L = log 2``. ``sft = true`` trains the plain
-denoising loss on the preferred image only (the official ``--sft``). Logged: implicit accuracy
+denoising loss on the preferred image only (the official ``--sft``); ``winner_weight = λ₁ > 0`` adds it to the
+DPO loss, ``L = L_DPO + λ₁·mean e_θ(x^w)`` (Dual-IPO's ``λ1·E[-log p_θ(y^w|x)]`` term, the ELBO standing in for
+the likelihood as above; RPO's "DPO + NLL on the chosen"). Logged: implicit accuracy
 ``mean(inside > 0) + ½·mean(inside = 0)``, and the policy and reference errors of both images.
 The reference is the frozen base (LoRA disabled, or the snapshot taken before full fine-tuning), or a named
 snapshot when another algorithm sets one (IPO: the round's starting model).
@@ -18,6 +20,7 @@ flow targets (the error is taken in whatever space the model predicts).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +39,8 @@ class DPOConfig:
     beta: float = 5000.0
     #: train the denoising loss on the preferred image only (no reference)
     sft: bool = False
+    #: λ₁ of ``L_DPO + λ₁·mean e_θ(x^w)``: the preferred image's denoising loss beside DPO (0: plain DPO; unverified)
+    winner_weight: float = 0.0
 
 
 def dpo_loss(policy_w, policy_l, ref_w, ref_l, beta: float, scale: torch.Tensor | float = 1.0):
@@ -69,6 +74,10 @@ class DiffusionDPO(PreferenceAlgorithm):
         super().validate()
         if not self.cfg.beta > 0:
             raise ConfigError(f"dpo.beta must be positive, got {self.cfg.beta}")
+        if not (math.isfinite(self.cfg.winner_weight) and self.cfg.winner_weight >= 0):
+            raise ConfigError(f"dpo.winner_weight must be a finite number >= 0, got {self.cfg.winner_weight}")
+        if self.cfg.sft and self.cfg.winner_weight:
+            raise ConfigError("dpo.sft trains the preferred image's loss alone: set dpo.winner_weight = 0 with it")
 
     def loss(self, micro):
         batch, t, noise = micro
@@ -81,4 +90,8 @@ class DiffusionDPO(PreferenceAlgorithm):
         policy_w, policy_l = split_pairs(errors.policy)
         ref_w, ref_l = split_pairs(errors.reference)
         losses, inside = dpo_loss(policy_w, policy_l, ref_w, ref_l, self.cfg.beta)
-        return losses.mean().float(), pair_error_stats(errors, inside)
+        loss, stats = losses.mean().float(), pair_error_stats(errors, inside)
+        if self.cfg.winner_weight:
+            stats["dpo_loss"] = loss.detach()
+            loss = loss + self.cfg.winner_weight * policy_w.mean().float()
+        return loss, stats

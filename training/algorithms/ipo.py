@@ -24,7 +24,9 @@ Training runs in **rounds** of ``ipo.epochs_per_round`` trainer epochs. Round ``
 3. **Train** with the existing loss, the reference being ``θ_r`` (snapshot ``ipo_round_start``, refreshed at
    every round start; the paper's "multi-round" implies it, unverified):
 
-   * DPO: ``L_pref = -log σ(-(β/2)·[(e_θ(x^w) - e_r(x^w)) - (e_θ(x^l) - e_r(x^l))])`` (``[dpo]`` section),
+   * DPO: ``L_pref = -log σ(-(β/2)·[(e_θ(x^w) - e_r(x^w)) - (e_θ(x^l) - e_r(x^l))]) + λ₁·e_θ(x^w)``
+     (``[dpo]`` section; ``λ₁ = dpo.winner_weight``, Dual-IPO's ``λ1·E[-log p_θ(y^w|x)]``, 0 by default,
+     the weight unverified),
    * KTO: ``L_pref = λ_y·(1 - σ(s_y·β·(e_r(x) - e_θ(x) - z0)))`` (``[kto]`` section),
 
    with ``e(x) = mean_d ||target - f(x_t, t, c)||²`` in the model's prediction space and ``e_r`` under
