@@ -31,7 +31,8 @@ def read_prompts(path: str | Path) -> list[str]:
 
 def model_defaults(adapter) -> dict:
     """Sampling defaults stored beside a shipped model (``diffalign_defaults.json``), if any."""
-    folder = getattr(adapter.pipe, "_name_or_path", None) or getattr(getattr(adapter.pipe, "config", None), "_name_or_path", None)
+    # the pipeline's config first: the attribute of the same name is deprecated in diffusers (a FutureWarning)
+    folder = getattr(getattr(adapter.pipe, "config", None), "_name_or_path", None) or getattr(adapter.pipe, "_name_or_path", None)
     if folder and (Path(folder) / "diffalign_defaults.json").exists():
         return json.loads((Path(folder) / "diffalign_defaults.json").read_text())
     return {}

@@ -81,3 +81,15 @@ def test_shipped_video_model_follows_prompts_better_than_chance():
             mismatched[a] = prompts[b]
     other = sum(v.correct for v in video_judge.judge_videos(videos, mismatched))
     assert own > other + 2, (own, other)
+
+
+def test_sampling_defaults_are_read_beside_the_model_without_deprecated_pipeline_attributes():
+    import warnings
+
+    from diffalign import pipelines
+    from diffalign.sample import model_defaults
+
+    adapter = pipelines.load(str(_folder()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # diffusers deprecates pipe._name_or_path
+        assert model_defaults(adapter) == read_defaults(_folder())
