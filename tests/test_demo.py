@@ -130,7 +130,8 @@ def test_video_demo_runs_ipo_rounds_and_writes_before_after_videos(tmp_path, tin
     from diffalign.media import load_video
 
     # the judge gives a random tiny model 0 everywhere (every pair a tie); JPEG size ranks any two videos
-    overrides = ["ipo.critic=jpeg_compressibility", "ipo.prompts_per_round=2", "ipo.videos_per_prompt=2", "ipo.examples_per_epoch=2", "ipo.label_batch_size=4",
+    overrides = ["ipo.critic=jpeg_compressibility", "ipo.prompts_per_round=2", "ipo.videos_per_prompt=2", "ipo.examples_per_epoch=2",
+                 "train.updates_per_epoch=1", "ipo.label_batch_size=4",
                  "sampling.steps=2", "sampling.batch_size=4", "train.batch_size=2", "eval.steps=2", "prompts.num_eval=2",
                  "eval.batch_size=4", "run.log_with=", "run.progress=false"]
     result = run_demo(tmp_path / "demo", video=True, model=str(tiny_shapes_video), epochs=4, prompts_per_task=1,
