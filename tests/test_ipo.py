@@ -66,6 +66,24 @@ def test_borda_pair_and_config_errors(tiny_model):
         Trainer(ipo_config(path, "cogvideox", ipo={"real_weight": 0.5}), adapter=load(str(path)), reward=brightness)
 
 
+@pytest.mark.parametrize("pairs", ["best_worst", "every"])
+def test_pairs_from_scores_and_from_comparisons(tiny_model, tmp_path, pairs):
+    """Best vs worst (the paper's) or every two candidates the critic tells apart; ties give no pair."""
+    path = tiny_model("cogvideox")
+    trainer = Trainer(ipo_config(path, "cogvideox", ipo={"videos_per_prompt": 3, "pairs": pairs}), adapter=load(str(path)),
+                      reward=brightness, run_dir=tmp_path / "run")
+    chosen = lambda rows: [(r["index"], r["preferred"], r["rejected"], pytest.approx(r["soft_label"])) for r in rows]  # noqa: E731
+    scores = {"0:0": 0.2, "0:1": 0.9, "0:2": 0.2, "1:0": 0.5, "1:1": 0.5, "1:2": 0.5}
+    rows = chosen(trainer.algorithm._preferences(["a", "b"], scores))
+    assert rows == ([(0, 1, 0, 1.0)] if pairs == "best_worst" else [(0, 1, 0, 1.0), (0, 1, 2, 1.0)])
+    # Borda: w0 = 0.8 + 0.4, w1 = 0.2 + 0.5, w2 = 0.6 + 0.5 -> best 0, worst 1; P(1 > 2) = 0.5 is a tie
+    wins = {"0:0>1": 0.8, "0:0>2": 0.4, "0:1>2": 0.5}
+    rows = chosen(trainer.algorithm._preferences(["a"], wins))
+    assert rows == ([(0, 0, 1, 0.8)] if pairs == "best_worst" else [(0, 0, 1, 0.8), (0, 2, 0, 0.6)])
+    with pytest.raises(ConfigError, match="ipo.pairs"):
+        Trainer(ipo_config(path, "cogvideox", ipo={"pairs": "all"}), adapter=load(str(path)), reward=brightness)
+
+
 def test_rollout_keeps_only_the_declared_latents(tiny_model):
     from diffalign.training.algorithms import ALGORITHMS
 

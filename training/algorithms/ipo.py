@@ -15,7 +15,9 @@ Training runs in **rounds** of ``ipo.epochs_per_round`` trainer epochs. Round ``
      asked ``P(k ≻ l)`` for every two candidates ``k < l`` of a prompt; candidate ``k``'s Borda score is
      ``w_k = Σ_{l≠k} P(k ≻ l)`` with ``P(l ≻ k) = 1 - P(k ≻ l)``. A critic that only scores uses its scores
      as ``w_k``. The pair is (argmax w, argmin w), soft label ``P(best ≻ worst)`` (1 from scores); equal
-     ``w`` everywhere: no pair (a tie).
+     ``w`` everywhere: no pair (a tie). ``ipo.pairs = "every"`` (ours, not the paper's) keeps every two
+     candidates the critic tells apart instead: the one with the higher score (or ``P(k ≻ l) > ½``) preferred,
+     soft label ``max(P, 1 - P)`` (1 from scores).
    * ``feedback = "pointwise"`` (Diffusion-KTO): each video is desirable when its critic score
      ``> ipo.threshold`` (0.5: the MLLM critic's ``P(Yes)``; unverified).
 
@@ -87,6 +89,9 @@ class IPOConfig:
     critic_options: dict[str, Any] = field(default_factory=dict)
     #: pairwise feedback: ask the critic's pairwise question when it has one (else rank by its scores)
     compare: bool = True
+    #: pairwise feedback: the best vs the worst candidate of a prompt (the paper's), or every two the critic
+    #: tells apart (ours: more pairs from the same videos)
+    pairs: Literal["best_worst", "every"] = "best_worst"
     #: critic questions per call
     label_batch_size: int = 4
     #: pointwise feedback: a video is desirable when its score exceeds this (unverified)
@@ -239,7 +244,7 @@ class IPO(Algorithm):
         data = self._examples(round_index, rows, latents)
         stats = {
             "round": round_index, "prompts": len(prompts), "candidates": latents.shape[0], "examples": len(rows),
-            "ties": len(prompts) - len(rows) if c.feedback == "pairwise" else 0,
+            "ties": len(prompts) - len({r["index"] for r in rows}) if c.feedback == "pairwise" else 0,
             "critic_calls": self.critic_calls - calls_before, "questions": len(answers),
             "sampled": sampled, "sampling_seconds": sampling_seconds, "labelling_seconds": labelling_seconds,
         }
@@ -369,17 +374,22 @@ class IPO(Algorithm):
                 wins = {(k, l): answers[f"{i}:{k}>{l}"] for k in range(n) for l in range(k + 1, n)}
                 if any(v != v for v in wins.values()):
                     continue
-                chosen = borda_pair(n, wins)
+                if self.cfg.pairs == "every":
+                    chosen = [(k, l, p) if p > 0.5 else (l, k, 1.0 - p) for (k, l), p in wins.items() if p != 0.5]
+                else:
+                    chosen = [pair] if (pair := borda_pair(n, wins)) is not None else []
             else:
                 scores = [answers[f"{i}:{k}"] for k in range(n)]
                 if any(v != v for v in scores):
                     continue
-                best = max(range(n), key=lambda k: (scores[k], -k))
-                worst = min(range(n), key=lambda k: (scores[k], k))
-                chosen = None if scores[best] == scores[worst] else (best, worst, 1.0)
-            if chosen is not None:
-                rows.append({"prompt": prompt, "index": i, "preferred": chosen[0], "rejected": chosen[1],
-                             "soft_label": chosen[2]})
+                if self.cfg.pairs == "every":
+                    chosen = [(k, l, 1.0) if scores[k] > scores[l] else (l, k, 1.0)
+                              for k in range(n) for l in range(k + 1, n) if scores[k] != scores[l]]
+                else:
+                    best = max(range(n), key=lambda k: (scores[k], -k))
+                    worst = min(range(n), key=lambda k: (scores[k], k))
+                    chosen = [] if scores[best] == scores[worst] else [(best, worst, 1.0)]
+            rows += [{"prompt": prompt, "index": i, "preferred": w, "rejected": l, "soft_label": p} for w, l, p in chosen]
         return rows
 
     def _examples(self, round_index: int, rows: list[dict[str, Any]], latents: torch.Tensor):
