@@ -82,6 +82,9 @@ def test_pairs_from_scores_and_from_comparisons(tiny_model, tmp_path, pairs):
     assert rows == ([(0, 0, 1, 0.8)] if pairs == "best_worst" else [(0, 0, 1, 0.8), (0, 2, 0, 0.6)])
     with pytest.raises(ConfigError, match="ipo.pairs"):
         Trainer(ipo_config(path, "cogvideox", ipo={"pairs": "all"}), adapter=load(str(path)), reward=brightness)
+    with pytest.raises(ConfigError, match="ipo.pairs = 'every' chooses pairs, but ipo.feedback = 'pointwise'"):
+        Trainer(ipo_config(path, "cogvideox", ipo={"pairs": "every", "feedback": "pointwise"}), adapter=load(str(path)),
+                reward=brightness)
 
 
 def test_rollout_keeps_only_the_declared_latents(tiny_model):

@@ -113,6 +113,9 @@ class IPOConfig:
             raise ConfigError(f"ipo.real_weight must be >= 0, got {self.real_weight}")
         if self.threshold != self.threshold:
             raise ConfigError("ipo.threshold must be a number, got NaN")
+        if self.pairs != "best_worst" and self.feedback != "pairwise":
+            raise ConfigError(f"ipo.pairs = {self.pairs!r} chooses pairs, but ipo.feedback = {self.feedback!r} trains on "
+                              f"labels: set ipo.feedback = \"pairwise\" or leave ipo.pairs out")
         if self.critic_options and not self.critic:
             raise ConfigError("ipo.critic_options are given but ipo.critic is empty (the reward is the critic): "
                               "set ipo.critic or move the options to reward.options")
