@@ -20,7 +20,6 @@ flow targets (the error is taken in whatever space the model predicts).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -74,7 +73,7 @@ class DiffusionDPO(PreferenceAlgorithm):
         super().validate()
         if not self.cfg.beta > 0:
             raise ConfigError(f"dpo.beta must be positive, got {self.cfg.beta}")
-        if not (math.isfinite(self.cfg.winner_weight) and self.cfg.winner_weight >= 0):
+        if self.cfg.winner_weight < 0:  # NaN and infinity are refused as the config loads
             raise ConfigError(f"dpo.winner_weight must be a finite number >= 0, got {self.cfg.winner_weight}")
         if self.cfg.sft and self.cfg.winner_weight:
             raise ConfigError("dpo.sft trains the preferred image's loss alone: set dpo.winner_weight = 0 with it")

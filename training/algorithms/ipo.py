@@ -13,11 +13,11 @@ Training runs in **rounds** of ``ipo.epochs_per_round`` trainer epochs. Round ``
 
    * ``feedback = "pairwise"`` (Diffusion-DPO). A critic that compares (the MLLM critic's ``compare``) is
      asked ``P(k ≻ l)`` for every two candidates ``k < l`` of a prompt; candidate ``k``'s Borda score is
-     ``w_k = Σ_{l≠k} P(k ≻ l)`` with ``P(l ≻ k) = 1 - P(k ≻ l)``. A critic that only scores uses its scores
-     as ``w_k``. The pair is (argmax w, argmin w), soft label ``P(best ≻ worst)`` (1 from scores); equal
-     ``w`` everywhere: no pair (a tie). ``ipo.pairs = "every"`` (ours, not the paper's) keeps every two
-     candidates the critic tells apart instead: the one with the higher score (or ``P(k ≻ l) > ½``) preferred,
-     soft label ``max(P, 1 - P)`` (1 from scores).
+     ``w_k = Σ_{l≠k} P(k ≻ l)`` with ``P(l ≻ k) = 1 - P(k ≻ l)``. A critic that only scores gives
+     ``P(k ≻ l)`` = 1, ½ or 0 by its scores (so ``w`` ranks as the scores do). The pair is (argmax w,
+     argmin w), soft label ``P(best ≻ worst)`` (1 from scores); equal ``w`` everywhere: no pair (a tie).
+     ``ipo.pairs = "every"`` (ours, not the paper's) keeps every two candidates the critic tells apart
+     instead: the one with ``P(k ≻ l) > ½`` preferred, soft label ``max(P, 1 - P)`` (1 from scores).
    * ``feedback = "pointwise"`` (Diffusion-KTO): each video is desirable when its critic score
      ``> ipo.threshold`` (0.5: the MLLM critic's ``P(Yes)``; unverified).
 
@@ -377,21 +377,16 @@ class IPO(Algorithm):
                 wins = {(k, l): answers[f"{i}:{k}>{l}"] for k in range(n) for l in range(k + 1, n)}
                 if any(v != v for v in wins.values()):
                     continue
-                if self.cfg.pairs == "every":
-                    chosen = [(k, l, p) if p > 0.5 else (l, k, 1.0 - p) for (k, l), p in wins.items() if p != 0.5]
-                else:
-                    chosen = [pair] if (pair := borda_pair(n, wins)) is not None else []
-            else:
+            else:  # a critic that scores: P(k ≻ l) is 1, ½ or 0 by the scores (the same best, worst and ties)
                 scores = [answers[f"{i}:{k}"] for k in range(n)]
                 if any(v != v for v in scores):
                     continue
-                if self.cfg.pairs == "every":
-                    chosen = [(k, l, 1.0) if scores[k] > scores[l] else (l, k, 1.0)
-                              for k in range(n) for l in range(k + 1, n) if scores[k] != scores[l]]
-                else:
-                    best = max(range(n), key=lambda k: (scores[k], -k))
-                    worst = min(range(n), key=lambda k: (scores[k], k))
-                    chosen = [] if scores[best] == scores[worst] else [(best, worst, 1.0)]
+                wins = {(k, l): 0.5 * (1 + (scores[k] > scores[l]) - (scores[k] < scores[l]))
+                        for k in range(n) for l in range(k + 1, n)}
+            if self.cfg.pairs == "every":
+                chosen = [(k, l, p) if p > 0.5 else (l, k, 1.0 - p) for (k, l), p in wins.items() if p != 0.5]
+            else:
+                chosen = [pair] if (pair := borda_pair(n, wins)) is not None else []
             rows += [{"prompt": prompt, "index": i, "preferred": w, "rejected": l, "soft_label": p} for w, l, p in chosen]
         return rows
 
