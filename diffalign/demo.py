@@ -46,7 +46,7 @@ PREFERENCE_DATA = {"dpo": "pairs.jsonl", "kto": "labels.jsonl", "smpo": "pairs.j
 PREFERENCE_PROMPTS, PREFERENCE_IMAGES, PREFERENCE_STEPS = 192, 4, 10
 DEFAULT_ALGORITHM = "awm"
 #: preference trainers: (shipped model, epochs) as above, and the data each builds under OUT/data first
-DEMO_SETTINGS.update({"seppo": ("shapes-sd", 20), "dro": ("shapes-sd", 20), "find": ("shapes-sd", 30)})
+DEMO_SETTINGS.update({"seppo": ("shapes-sd", 20), "dro": ("shapes-sd", 80), "find": ("shapes-sd", 30)})
 #: reward backpropagation on the differentiable ``shapes_reward`` (the judge stays the held-out measure)
 DEMO_SETTINGS.update({"draft": ("shapes-sd", 20), "alignprop": ("shapes-sd", 20), "refl": ("shapes-sd", 20)})
 #: recipe overrides of an algorithm's demo: FIND's recipe trains one prompt; the demo evaluates ShapesEval's
@@ -56,7 +56,7 @@ DEMO_OVERRIDES: dict[str, list[str]] = {"find": ["prompts.train_list=[]", "find.
 #: ``--video``: algorithm -> (shipped video model, epochs); IPO's three rounds of two epochs (ipo_shapes_video)
 VIDEO_DEMO_SETTINGS: dict[str, tuple[str, int]] = {"ipo": ("shapes-video", 6)}
 #: captions of the demo data of DRO (its experts) and SePPO (its winners): one rendered ground truth each
-DEMO_DATA_PROMPTS = {"dro": 256, "seppo": 1280}
+DEMO_DATA_PROMPTS = {"dro": 1280, "seppo": 1280}
 
 
 def _expert_data(algorithm: str):

@@ -20,6 +20,13 @@ no loss and no gradient once the expert beats the own sample by the margin. Prom
 (``data.prompt_dropout``, official 0.2). Logged: ``hinge_active`` (fraction with ``diff + m > 0``) and the
 two gaps.
 
+With the official sync (the sampler refreshed after every optimizer update, the buffer holding only the
+newest trajectories, one update per collected batch) the sampler *is* the policy, so ``e_φ(x_t^π, f^π) = 0``
+with zero gradient: the update is ``∇ mean_i 1[diff_i + m > 0]·e_φ(x_t^E)``, fitting the experts, gated by
+``e_φ^E - e_ref^E + e_ref^π + m > 0`` (``e_ref^π`` measures how far the policy has moved from the reference
+on its own samples). A lagged sampler (``buffer_update_steps > 1``, or older generations in the buffer)
+gives the own branch a gradient that pushes ``f_φ`` further along ``f_φ - f_θ̄``.
+
 Deliberate differences from the official ``train.py``: the buffer is refilled once per collected batch (one
 trajectory per expert of the batch) instead of every micro-step, and it is saved whole in checkpoints (the
 official ``save()`` keeps only its last key). The sampler is the family's deterministic one (DDIM / Euler),
@@ -49,8 +56,9 @@ class DROConfig:
     margin: float = 0.001
     #: trajectories kept per process (a multiple of data.examples_per_epoch; official: 4, the latest batch)
     buffer_size: int = 4
-    #: optimizer updates between refreshes of the lagged sampler (official: 16)
-    buffer_update_steps: int = 16
+    #: optimizer updates between refreshes of the lagged sampler (official: every update; its 16 counts
+    #: micro-steps at gradient accumulation 16)
+    buffer_update_steps: int = 1
     #: sampler steps of the buffer's trajectories (official: 20, DPM-Solver++)
     sample_steps: int = 20
     #: per-trajectory timesteps drawn within each stride (official; DDIM families only)
