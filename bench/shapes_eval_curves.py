@@ -20,10 +20,8 @@ rerun with the same settings (a rerun with other settings stops and says which d
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -33,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _saved import reuse_saved  # noqa: E402
 from diffalign.demo import DEMO_OVERRIDES  # noqa: E402
+from diffalign.eval.curves import full_shapes_eval, minutes_to, plot_curves, train_for_minutes  # noqa: E402
 
 ALGORITHMS = ("ddpo", "flow_grpo", "awm", "draft", "alignprop", "refl", "find")
 
@@ -41,21 +40,6 @@ def settings_of(args: argparse.Namespace) -> dict[str, str]:
     """What a saved curve depends on."""
     return {key: str(getattr(args, key)) for key in ("model", "minutes", "every", "steps", "guidance_scale", "seed",
                                                       "threads", "set")}
-
-
-def shapes_eval(trainer, out: Path, args: argparse.Namespace) -> dict:
-    """The full suite on the trainer's current model (EMA weights when its recipe evaluates with them)."""
-    from diffalign.eval.shapes_eval import run_shapes_eval
-    from diffalign.sample import model_defaults
-
-    defaults = model_defaults(trainer.adapter)
-    steps = args.steps or defaults.get("num_inference_steps", 20)
-    guidance = args.guidance_scale if args.guidance_scale is not None else defaults.get("guidance_scale", 4.0)
-    context = trainer.ema_weights() if trainer.config.eval.use_ema else contextlib.nullcontext()
-    with context, torch.no_grad():
-        result = run_shapes_eval(trainer.adapter, out, steps=steps, guidance_scale=guidance, progress=False,
-                                 save_images=False)
-    return {"overall": result["overall"], "tasks": {k: v["accuracy"] for k, v in result["tasks"].items()}}
 
 
 def run_algorithm(algorithm: str, args: argparse.Namespace) -> dict:
@@ -76,34 +60,16 @@ def run_algorithm(algorithm: str, args: argparse.Namespace) -> dict:
                     if not (folder / f"curve.interrupted{i}.jsonl").exists())
         curve_file.rename(kept)
         print(f"[{algorithm}] an interrupted curve was kept as {kept}; training again from the start", flush=True)
-    curve = []
 
-    def record(minutes: float, epoch: int) -> None:
-        point = {"minutes": minutes, "epoch": epoch, **shapes_eval(trainer, folder / f"eval_{epoch:05d}", args)}
-        curve.append(point)
-        with curve_file.open("a") as f:
-            f.write(json.dumps(point) + "\n")
-        print(f"[{algorithm}] {minutes:5.1f} min, epoch {epoch}: ShapesEval {point['overall']:.3f}", flush=True)
+    def evaluate(minutes: float, epoch: int, last: bool) -> dict:
+        return full_shapes_eval(trainer, folder / f"eval_{epoch:05d}", steps=args.steps, guidance_scale=args.guidance_scale)
 
-    record(0.0, 0)
-    cpu, epoch, next_eval = 0.0, 0, args.every
-    while cpu / 60 < args.minutes:
-        started = time.process_time()
-        trainer.train(epochs=1000000, stop_after=1)
-        cpu += time.process_time() - started
-        epoch += 1
-        if cpu / 60 >= next_eval or cpu / 60 >= args.minutes:
-            record(cpu / 60, epoch)
-            next_eval += args.every
+    curve = train_for_minutes(trainer, args.minutes, args.every, evaluate, curve_file,
+                              log=lambda line: print(f"[{algorithm}] {line}", flush=True))
     trainer.close()
     result = {"algorithm": algorithm, "settings": settings_of(args), "curve": curve}
     saved.write_text(json.dumps(result, indent=2) + "\n")
     return result
-
-
-def minutes_to(curve: list[dict], target: float) -> float | None:
-    """Minutes of the first evaluation at or above ``target``."""
-    return next((p["minutes"] for p in curve if p["overall"] >= target), None)
 
 
 def report(runs: list[dict], args: argparse.Namespace) -> str:
@@ -123,26 +89,6 @@ def report(runs: list[dict], args: argparse.Namespace) -> str:
         lines.append(f"| {run['algorithm']} | {first['overall']:.3f} | {last['overall']:.3f} | "
                      f"{max(p['overall'] for p in curve):.3f} | " + " | ".join(cells) + " | " + " | ".join(per_task) + " |")
     return "\n".join(lines) + "\n"
-
-
-def plot(runs: list[dict], targets: list[float], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for run in runs:
-        ax.plot([p["minutes"] for p in run["curve"]], [p["overall"] for p in run["curve"]], marker="o",
-                label=run["algorithm"])
-    for target in targets:
-        ax.axhline(target, color="grey", linestyle="--", linewidth=0.8)
-    ax.set_xlabel("training minutes (one CPU thread)")
-    ax.set_ylabel("ShapesEval overall")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "results.md").write_text(table)
     (args.out / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                        "runs": runs}, indent=2) + "\n")
-    plot(runs, args.targets, args.out / "curves.png")
+    plot_curves({r["algorithm"]: r["curve"] for r in runs}, args.targets, args.out / "curves.png")
     print(table)
     return 0
 

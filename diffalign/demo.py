@@ -219,6 +219,80 @@ def run_demo(
     return DemoResult(out=out, summary=summary, paths={k: v for k, v in paths.items() if v is not None})
 
 
+#: ``--long``: the ShapesEval jump (full suite, minutes of one CPU thread), for the recipes that need no data built
+LONG_DEMO_ALGORITHMS = ("awm", "ddpo", "flow_grpo", "find", "draft", "alignprop", "refl")
+LONG_DEMO_TARGETS = (0.6, 0.8)
+
+
+def run_long_demo(
+    out: str | Path = "runs/demo-long",
+    *,
+    algorithm: str = DEFAULT_ALGORITHM,
+    model: str = "shapes-sd",
+    minutes: float = 30.0,
+    every: float = 5.0,
+    seed: int = 0,
+    eval_steps: int | None = None,
+    overrides: Sequence[str] = (),
+    log=print,
+) -> DemoResult:
+    """``diffalign demo --long``: train ``algorithm``'s ``*_shapes`` recipe for ``minutes`` of this process's CPU
+    time, with the full ShapesEval (90 prompts x 4 images, the model's sampling defaults unless ``eval_steps``)
+    at the start, every ``every`` minutes and at the end. Writes ``summary.md``/``summary.json`` (each task
+    before and after, minutes to 0.6 and 0.8), ``curve.jsonl``, ``curve.png`` and ``before_after.png`` (the
+    whole suite, each image captioned with its prompt and the judge's verdict)."""
+    from diffalign.config import load_config
+    from diffalign.errors import OutputExistsError, known_name, model_source, number
+    from diffalign.eval.compare import before_after_grid
+    from diffalign.eval.curves import full_shapes_eval, minutes_to, plot_curves, train_for_minutes
+    from diffalign.pipelines import load
+    from diffalign.training.trainer import Trainer, recipe_path
+
+    known_name(algorithm, LONG_DEMO_ALGORITHMS, "long demo algorithm")
+    number(minutes, "minutes", low=0, low_open=True)
+    number(every, "every", low=0, low_open=True)
+    number(seed, "seed", low=0, integer=True)
+    if eval_steps is not None:
+        number(eval_steps, "eval_steps", low=1, integer=True)
+    out = Path(out)
+    if (out / "summary.json").exists() or (out / "curve.jsonl").exists():
+        raise OutputExistsError(f"{out} already holds a demo run; choose another --out")
+    model_source(model)
+    recipe = recipe_path(f"{algorithm}_shapes")
+    train_overrides = [f"model.source={model}", f"run.seed={seed}", "run.epochs=1000000", "eval.every=0",
+                       "eval.at_start=false", "run.checkpoint_every=0", "run.progress=false",
+                       *DEMO_OVERRIDES.get(algorithm, []), *overrides]
+    load_config(recipe, train_overrides)  # a bad --set fails before the model loads
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"loading {model}; {algorithm} for {minutes:g} CPU-minutes, full ShapesEval every {every:g}")
+    trainer = Trainer(recipe, overrides=train_overrides, adapter=load(model), run_dir=out / "train")
+
+    def evaluate(spent: float, epoch: int, last: bool) -> dict:
+        folder = out / "before" if epoch == 0 else out / "after" if last else out / "curve" / f"eval_{epoch:05d}"
+        return full_shapes_eval(trainer, folder, steps=eval_steps, save_images=epoch == 0 or last)
+
+    curve = train_for_minutes(trainer, minutes, every, evaluate, out / "curve.jsonl", log=log)
+    trainer.close()
+    before, after = curve[0], curve[-1]
+    reached = {str(t): minutes_to(curve, t) for t in LONG_DEMO_TARGETS}
+    summary = {"algorithm": algorithm, "model": model, "minutes": minutes, "every": every, "seed": seed,
+               "epochs": after["epoch"], "before": before, "after": after, "minutes_to": reached, "curve": curve}
+    lines = [f"# diffalign demo --long: {algorithm} on {model}", "",
+             f"Full ShapesEval (90 prompts x 4 images) against {minutes:g} CPU-minutes of training "
+             f"({after['epoch']} epochs); minutes to " + ", ".join(
+                 f"{t}: {'not reached' if m is None else f'{m:.1f}'}" for t, m in reached.items()) + ".", "",
+             "| task | before | after |", "|---|---|---|",
+             *(f"| {task} | {before['tasks'][task]:.3f} | {after['tasks'][task]:.3f} |" for task in before["tasks"]),
+             f"| **overall** | **{before['overall']:.3f}** | **{after['overall']:.3f}** |"]
+    paths = {"summary": out / "summary.md",
+             "before_after": before_after_grid(out / "before", out / "after", out / "before_after.png"),
+             "curve": plot_curves({algorithm: curve}, list(LONG_DEMO_TARGETS), out / "curve.png"),
+             "train": trainer.run_dir}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    paths["summary"].write_text("\n".join(lines) + "\n")
+    return DemoResult(out=out, summary=summary, paths=paths)
+
+
 def build_shapes_preference_data(adapter, folder: Path, algorithm: str, prompts: int, seed: int, progress: bool, log,
                                  scorer: str = "shapes", scorer_options: dict[str, Any] | None = None) -> tuple[Path, str]:
     """ShapesWorld's own Pick-a-Pic: the model's samples of ShapesWorld captions scored by ``scorer`` (the judge
@@ -255,15 +329,31 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="override a recipe value (repeatable), e.g. --set train.learning_rate=1e-4")
     parser.add_argument("--video", action="store_true",
                         help="text-to-video: IPO rounds on shapes-video (critic: the video judge), evaluated on VideoShapesEval")
+    parser.add_argument("--long", action="store_true",
+                        help="the ShapesEval jump: train for --minutes CPU-minutes (one thread) with the full ShapesEval "
+                             "every --every minutes; writes the per-task table, the curve and the captioned grid")
+    parser.add_argument("--minutes", type=float, default=30.0, help="--long: CPU-minutes of training (default 30)")
+    parser.add_argument("--every", type=float, default=5.0, help="--long: CPU-minutes between evaluations (default 5)")
     parser.add_argument("--no-progress", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
+    from diffalign.errors import UserError
+
     out = args.out or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     started = time.time()
-    result = run_demo(out, algorithm=args.algorithm, model=args.model, epochs=args.epochs,
-                      prompts_per_task=args.prompts_per_task, images_per_prompt=args.images_per_prompt,
-                      seed=args.seed, overrides=args.overrides, progress=not args.no_progress, video=args.video)
+    if args.long:
+        if args.video or args.epochs is not None:
+            raise UserError("--long trains for --minutes of CPU time on images: drop --video and --epochs")
+        import torch
+
+        torch.set_num_threads(1)  # the budget is minutes of one CPU thread
+        result = run_long_demo(out, algorithm=args.algorithm, model=args.model or "shapes-sd", minutes=args.minutes,
+                               every=args.every, seed=args.seed, overrides=args.overrides)
+    else:
+        result = run_demo(out, algorithm=args.algorithm, model=args.model, epochs=args.epochs,
+                          prompts_per_task=args.prompts_per_task, images_per_prompt=args.images_per_prompt,
+                          seed=args.seed, overrides=args.overrides, progress=not args.no_progress, video=args.video)
     print()
     print(result.paths["summary"].read_text())
     print(f"done in {time.time() - started:.0f} s; results in {result.out}:")

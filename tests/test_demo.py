@@ -39,6 +39,43 @@ def test_demo_writes_before_after_from_the_base_model(tmp_path, tiny_shapes_mode
         run_demo(tmp_path / "demo", model=model, epochs=1, overrides=TINY_DEMO, progress=False, log=lambda *a: None)
 
 
+def test_long_demo_curve_table_and_grid_from_the_full_suite(tmp_path, tiny_shapes_models):
+    """``demo --long``: the full suite at the start and the end of a CPU-minutes budget, the per-task table,
+    the curve, and "before" equal to a standalone full ShapesEval of the untrained model."""
+    from PIL import Image
+
+    from diffalign.demo import run_long_demo
+    from diffalign.errors import UserError
+    from diffalign.eval.shapes_eval import run_shapes_eval
+    from diffalign.pipelines import load
+
+    model = str(tiny_shapes_models / "shapes-sd")
+    small = [item for item in TINY_DEMO if not item.startswith("eval.")]
+    result = run_long_demo(tmp_path / "long", algorithm="awm", model=model, minutes=0.02, every=0.01, eval_steps=1,
+                           overrides=small, log=lambda *a: None)
+    summary = json.loads((result.out / "summary.json").read_text())
+    curve = [json.loads(line) for line in (result.out / "curve.jsonl").read_text().splitlines()]
+    assert curve == summary["curve"] and len(curve) >= 2 and curve[0]["minutes"] == 0.0
+    assert curve[-1]["minutes"] >= 0.02 and summary["epochs"] == curve[-1]["epoch"] >= 1
+    assert [p["minutes"] for p in curve] == sorted(p["minutes"] for p in curve)
+    assert set(summary["minutes_to"]) == {"0.6", "0.8"}
+    table = result.paths["summary"].read_text()
+    assert all(f"| {task} |" in table for task in summary["before"]["tasks"]) and len(summary["before"]["tasks"]) == 6
+    base = run_shapes_eval(load(model), tmp_path / "base", steps=1, guidance_scale=4.0, progress=False,
+                           save_images=False)
+    assert base["tasks"] and {k: v["accuracy"] for k, v in base["tasks"].items()} == summary["before"]["tasks"]
+    assert len((result.out / "before" / "results.jsonl").read_text().splitlines()) == sum(
+        1 for _ in (result.out / "after" / "results.jsonl").read_text().splitlines())
+    for name in ("before_after", "curve"):
+        assert Image.open(result.paths[name]).size[0] > 100, name
+    with pytest.raises(UserError, match="long demo algorithm"):
+        run_long_demo(tmp_path / "dpo", algorithm="dpo", model=model, log=lambda *a: None)
+    with pytest.raises(UserError, match="minutes must be a number > 0"):
+        run_long_demo(tmp_path / "zero", model=model, minutes=0, log=lambda *a: None)
+    with pytest.raises(FileExistsError):
+        run_long_demo(tmp_path / "long", model=model, log=lambda *a: None)
+
+
 def test_demo_cli_reports_bad_algorithm_and_paths(tmp_path, tiny_shapes_models, capsys):
     from diffalign.cli import main
 

@@ -1,0 +1,92 @@
+"""Full ShapesEval against CPU-minutes of training: the curve ``bench/shapes_eval_curves.py`` draws for every
+algorithm and ``diffalign demo --long`` for one.
+
+The budget is CPU time of this process (``time.process_time``: with one torch thread, minutes on one CPU
+thread), counted over training only: the clock stops while the suite runs.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+__all__ = ["full_shapes_eval", "minutes_to", "plot_curves", "train_for_minutes"]
+
+
+def full_shapes_eval(trainer, out: Path, *, steps: int | None = None, guidance_scale: float | None = None,
+                     save_images: bool = False) -> dict[str, Any]:
+    """The whole suite (90 prompts x 4 images) on the trainer's current model at the model's sampling defaults
+    (unless given), with the EMA weights where its recipe evaluates with them."""
+    from diffalign.eval.shapes_eval import run_shapes_eval
+    from diffalign.sample import model_defaults
+
+    defaults = model_defaults(trainer.adapter)
+    steps = steps or defaults.get("num_inference_steps", 20)
+    guidance = guidance_scale if guidance_scale is not None else defaults.get("guidance_scale", 4.0)
+    context = trainer.ema_weights() if trainer.config.eval.use_ema else contextlib.nullcontext()
+    with context, torch.no_grad():
+        result = run_shapes_eval(trainer.adapter, out, steps=steps, guidance_scale=guidance, progress=False,
+                                 save_images=save_images)
+    return {"overall": result["overall"], "tasks": {k: v["accuracy"] for k, v in result["tasks"].items()}}
+
+
+def train_for_minutes(trainer, minutes: float, every: float, evaluate: Callable[[float, int, bool], dict],
+                      curve_file: Path | None = None, log: Callable[[str], None] = print) -> list[dict]:
+    """Train one epoch at a time for ``minutes`` of CPU time; ``evaluate(minutes, epoch, last)`` runs at the
+    start, every ``every`` minutes and at the end, and each point (``minutes``, ``epoch`` and what it returns)
+    is appended to ``curve_file`` as it comes."""
+    if not minutes > 0 or not every > 0:
+        raise ValueError(f"minutes and every must be positive, got {minutes} and {every}")
+    curve: list[dict] = []
+
+    def record(spent: float, epoch: int, last: bool) -> None:
+        point = {"minutes": spent, "epoch": epoch, **evaluate(spent, epoch, last)}
+        curve.append(point)
+        if curve_file is not None:
+            with curve_file.open("a") as f:
+                f.write(json.dumps(point) + "\n")
+        log(f"{spent:5.1f} min, epoch {epoch}: ShapesEval {point['overall']:.3f}")
+
+    record(0.0, 0, False)
+    cpu, epoch, next_eval = 0.0, 0, every
+    while cpu / 60 < minutes:
+        started = time.process_time()
+        trainer.train(epochs=1_000_000, stop_after=1)
+        cpu += time.process_time() - started
+        epoch += 1
+        done = cpu / 60 >= minutes
+        if cpu / 60 >= next_eval or done:
+            record(cpu / 60, epoch, done)
+            next_eval += every
+    return curve
+
+
+def minutes_to(curve: list[dict], target: float) -> float | None:
+    """Minutes of the first evaluation at or above ``target`` (None: not reached)."""
+    return next((p["minutes"] for p in curve if p["overall"] >= target), None)
+
+
+def plot_curves(runs: dict[str, list[dict]], targets: list[float], path: Path) -> Path:
+    """ShapesEval overall against training minutes, one line per run, dashed lines at the targets."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, curve in runs.items():
+        ax.plot([p["minutes"] for p in curve], [p["overall"] for p in curve], marker="o", label=name)
+    for target in targets:
+        ax.axhline(target, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("training minutes (one CPU thread)")
+    ax.set_ylabel("ShapesEval overall")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
