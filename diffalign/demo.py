@@ -12,6 +12,9 @@
    ``reward_curve.png``, ``summary.md``/``summary.json`` (per-task accuracy and judge score,
    before and after) and the training run (``train/``: config, metrics, checkpoints, LoRA).
 
+``--long`` (:func:`run_long_demo`) trains for a budget of CPU-minutes instead, with the full ShapesEval every
+few minutes: the per-task table, the curve against minutes and the whole suite's captioned before/after grid.
+
 From Python::
 
     from diffalign.demo import run_demo
