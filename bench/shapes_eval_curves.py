@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _saved import reuse_saved  # noqa: E402
 from diffalign.demo import DEMO_OVERRIDES  # noqa: E402
-from diffalign.eval.curves import full_shapes_eval, minutes_to, plot_curves, train_for_minutes  # noqa: E402
+from diffalign.eval.curves import curve_point, full_shapes_eval, minutes_to, plot_curves, train_for_minutes  # noqa: E402
 
 ALGORITHMS = ("ddpo", "flow_grpo", "awm", "draft", "alignprop", "refl", "find")
 
@@ -62,7 +62,8 @@ def run_algorithm(algorithm: str, args: argparse.Namespace) -> dict:
         print(f"[{algorithm}] an interrupted curve was kept as {kept}; training again from the start", flush=True)
 
     def evaluate(minutes: float, epoch: int, last: bool) -> dict:
-        return full_shapes_eval(trainer, folder / f"eval_{epoch:05d}", steps=args.steps, guidance_scale=args.guidance_scale)
+        return curve_point(full_shapes_eval(trainer, folder / f"eval_{epoch:05d}", steps=args.steps,
+                                            guidance_scale=args.guidance_scale))
 
     curve = train_for_minutes(trainer, args.minutes, args.every, evaluate, curve_file,
                               log=lambda line: print(f"[{algorithm}] {line}", flush=True))

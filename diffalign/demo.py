@@ -246,8 +246,8 @@ def run_long_demo(
     whole suite, each image captioned with its prompt and the judge's verdict)."""
     from diffalign.config import load_config
     from diffalign.errors import OutputExistsError, known_name, model_source, number
-    from diffalign.eval.compare import before_after_grid
-    from diffalign.eval.curves import full_shapes_eval, minutes_to, plot_curves, train_for_minutes
+    from diffalign.eval.compare import before_after_grid, comparison_table
+    from diffalign.eval.curves import curve_point, full_shapes_eval, minutes_to, plot_curves, train_for_minutes
     from diffalign.pipelines import load
     from diffalign.training.trainer import Trainer, recipe_path
 
@@ -270,9 +270,15 @@ def run_long_demo(
     log(f"loading {model}; {algorithm} for {minutes:g} CPU-minutes, full ShapesEval every {every:g}")
     trainer = Trainer(recipe, overrides=train_overrides, adapter=load(model), run_dir=out / "train")
 
+    ends: dict[str, dict] = {}  # the whole results of the first and last evaluations, for the table
+
     def evaluate(spent: float, epoch: int, last: bool) -> dict:
-        folder = out / "before" if epoch == 0 else out / "after" if last else out / "curve" / f"eval_{epoch:05d}"
-        return full_shapes_eval(trainer, folder, steps=eval_steps, save_images=epoch == 0 or last)
+        end = "before" if epoch == 0 else "after" if last else None
+        folder = out / end if end else out / "curve" / f"eval_{epoch:05d}"
+        result = full_shapes_eval(trainer, folder, steps=eval_steps, save_images=end is not None)
+        if end:
+            ends[end] = result
+        return curve_point(result)
 
     curve = train_for_minutes(trainer, minutes, every, evaluate, out / "curve.jsonl", log=log)
     trainer.close()
@@ -284,9 +290,7 @@ def run_long_demo(
              f"Full ShapesEval (90 prompts x 4 images) against {minutes:g} CPU-minutes of training "
              f"({after['epoch']} epochs); minutes to " + ", ".join(
                  f"{t}: {'not reached' if m is None else f'{m:.1f}'}" for t, m in reached.items()) + ".", "",
-             "| task | before | after |", "|---|---|---|",
-             *(f"| {task} | {before['tasks'][task]:.3f} | {after['tasks'][task]:.3f} |" for task in before["tasks"]),
-             f"| **overall** | **{before['overall']:.3f}** | **{after['overall']:.3f}** |"]
+             *comparison_table(ends["before"], ends["after"])]
     paths = {"summary": out / "summary.md",
              "before_after": before_after_grid(out / "before", out / "after", out / "before_after.png"),
              "curve": plot_curves({algorithm: curve}, list(LONG_DEMO_TARGETS), out / "curve.png"),

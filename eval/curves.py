@@ -14,13 +14,13 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["full_shapes_eval", "minutes_to", "plot_curves", "train_for_minutes"]
+__all__ = ["curve_point", "full_shapes_eval", "minutes_to", "plot_curves", "train_for_minutes"]
 
 
 def full_shapes_eval(trainer, out: Path, *, steps: int | None = None, guidance_scale: float | None = None,
                      save_images: bool = False) -> dict[str, Any]:
     """The whole suite (90 prompts x 4 images) on the trainer's current model at the model's sampling defaults
-    (unless given), with the EMA weights where its recipe evaluates with them."""
+    (unless given), with the EMA weights where its recipe evaluates with them; ShapesEval's whole result."""
     from diffalign.eval.shapes_eval import run_shapes_eval
     from diffalign.sample import model_defaults
 
@@ -29,8 +29,12 @@ def full_shapes_eval(trainer, out: Path, *, steps: int | None = None, guidance_s
     guidance = guidance_scale if guidance_scale is not None else defaults.get("guidance_scale", 4.0)
     context = trainer.ema_weights() if trainer.config.eval.use_ema else contextlib.nullcontext()
     with context, torch.no_grad():
-        result = run_shapes_eval(trainer.adapter, out, steps=steps, guidance_scale=guidance, progress=False,
-                                 save_images=save_images)
+        return run_shapes_eval(trainer.adapter, out, steps=steps, guidance_scale=guidance, progress=False,
+                               save_images=save_images)
+
+
+def curve_point(result: dict[str, Any]) -> dict[str, Any]:
+    """What a curve keeps of a ShapesEval result: the overall accuracy and each task's."""
     return {"overall": result["overall"], "tasks": {k: v["accuracy"] for k, v in result["tasks"].items()}}
 
 
