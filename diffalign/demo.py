@@ -329,8 +329,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="ShapesWorld model: shipped name or folder (default: the recipe's)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: what fits a few CPU minutes)")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default runs/demo-TIME)")
-    parser.add_argument("--prompts-per-task", type=int, default=4, help="ShapesEval prompts per task, before and after")
-    parser.add_argument("--images-per-prompt", type=int, default=2)
+    parser.add_argument("--prompts-per-task", type=int, default=None,
+                        help="ShapesEval prompts per task, before and after (default 4; --long runs the full suite)")
+    parser.add_argument("--images-per-prompt", type=int, default=None, help="default 2 (--long: the suite's 4)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe value (repeatable), e.g. --set train.learning_rate=1e-4")
@@ -352,6 +353,9 @@ def run(args: argparse.Namespace) -> int:
     if args.long:
         if args.video or args.epochs is not None:
             raise UserError("--long trains for --minutes of CPU time on images: drop --video and --epochs")
+        if args.prompts_per_task is not None or args.images_per_prompt is not None:
+            raise UserError("--long always evaluates the full ShapesEval suite (90 prompts x 4 images): "
+                            "drop --prompts-per-task and --images-per-prompt")
         import torch
 
         torch.set_num_threads(1)  # the budget is minutes of one CPU thread
@@ -359,7 +363,8 @@ def run(args: argparse.Namespace) -> int:
                                every=args.every, seed=args.seed, overrides=args.overrides)
     else:
         result = run_demo(out, algorithm=args.algorithm, model=args.model, epochs=args.epochs,
-                          prompts_per_task=args.prompts_per_task, images_per_prompt=args.images_per_prompt,
+                          prompts_per_task=4 if args.prompts_per_task is None else args.prompts_per_task,
+                          images_per_prompt=2 if args.images_per_prompt is None else args.images_per_prompt,
                           seed=args.seed, overrides=args.overrides, progress=not args.no_progress, video=args.video)
     print()
     print(result.paths["summary"].read_text())

@@ -59,7 +59,7 @@ def train_for_minutes(trainer, minutes: float, every: float, evaluate: Callable[
     cpu, epoch, next_eval = 0.0, 0, every
     while cpu / 60 < minutes:
         started = time.process_time()
-        trainer.train(epochs=1_000_000, stop_after=1)
+        trainer.train(epochs=1_000_000, stop_after=1, budget=f"{cpu / 60:.1f} of {minutes:g} CPU-minutes")
         cpu += time.process_time() - started
         epoch += 1
         done = cpu / 60 >= minutes

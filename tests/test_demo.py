@@ -39,7 +39,7 @@ def test_demo_writes_before_after_from_the_base_model(tmp_path, tiny_shapes_mode
         run_demo(tmp_path / "demo", model=model, epochs=1, overrides=TINY_DEMO, progress=False, log=lambda *a: None)
 
 
-def test_long_demo_curve_table_and_grid_from_the_full_suite(tmp_path, tiny_shapes_models):
+def test_long_demo_curve_table_and_grid_from_the_full_suite(tmp_path, tiny_shapes_models, capsys):
     """``demo --long``: the full suite at the start and the end of a CPU-minutes budget, the per-task table,
     the curve, and "before" equal to a standalone full ShapesEval of the untrained model."""
     from PIL import Image
@@ -54,6 +54,8 @@ def test_long_demo_curve_table_and_grid_from_the_full_suite(tmp_path, tiny_shape
     result = run_long_demo(tmp_path / "long", algorithm="awm", model=model, minutes=0.02, every=0.01, eval_steps=1,
                            overrides=small, log=lambda *a: None)
     summary = json.loads((result.out / "summary.json").read_text())
+    printed = capsys.readouterr().out  # the epoch line counts the budget, not a sentinel epoch total
+    assert "of 0.02 CPU-minutes): " in printed and "/1000000" not in printed
     curve = [json.loads(line) for line in (result.out / "curve.jsonl").read_text().splitlines()]
     assert curve == summary["curve"] and len(curve) >= 2 and curve[0]["minutes"] == 0.0
     assert curve[-1]["minutes"] >= 0.02 and summary["epochs"] == curve[-1]["epoch"] >= 1
@@ -74,6 +76,20 @@ def test_long_demo_curve_table_and_grid_from_the_full_suite(tmp_path, tiny_shape
         run_long_demo(tmp_path / "zero", model=model, minutes=0, log=lambda *a: None)
     with pytest.raises(FileExistsError):
         run_long_demo(tmp_path / "long", model=model, log=lambda *a: None)
+
+
+@pytest.mark.parametrize("given, named", [(["--video"], "--video"), (["--epochs", "3"], "--epochs"),
+                                           (["--prompts-per-task", "2"], "--prompts-per-task"),
+                                           (["--images-per-prompt", "1"], "--images-per-prompt")])
+def test_long_demo_cli_refuses_options_it_would_ignore(tmp_path, given, named, capsys):
+    """``--long`` always runs the full suite for a budget of minutes: an option it cannot honour is refused in
+    one line before anything loads (it used to be ignored silently)."""
+    from diffalign.cli import main
+
+    assert main(["demo", "--long", "--out", str(tmp_path / "long"), *given]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and named in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "long").exists()
 
 
 def test_demo_cli_reports_bad_algorithm_and_paths(tmp_path, tiny_shapes_models, capsys):

@@ -440,9 +440,12 @@ class Trainer:
             scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k not in ("epoch",)}
             self.accelerator.log(scalars, step=record.get("epoch", self.epoch))
 
-    def train(self, epochs: int | None = None, *, stop_after: int | None = None) -> dict[str, Any]:
+    def train(self, epochs: int | None = None, *, stop_after: int | None = None,
+              budget: str | None = None) -> dict[str, Any]:
         """Train up to ``epochs`` (default ``run.epochs``) total epochs; ``stop_after`` ends this call early
-        after that many epochs (as if interrupted; resume continues). Returns the last metrics."""
+        after that many epochs (as if interrupted; resume continues). ``budget``: what the per-epoch line shows
+        in place of the epoch total, for a caller that stops on something else (e.g. minutes of CPU time).
+        Returns the last metrics."""
         run = self.config.run
         total = run.epochs if epochs is None else epochs
         self._start_trackers()
@@ -463,7 +466,8 @@ class Trainer:
             }
             self._log(last)
             shown = f"reward {last['reward_mean']:.4f} " if "reward_mean" in last else ""
-            self._print(f"epoch {self.epoch}/{total}: {shown}loss {metrics.get('loss', float('nan')):.4g}")
+            of = f" ({budget})" if budget else f"/{total}"
+            self._print(f"epoch {self.epoch}{of}: {shown}loss {metrics.get('loss', float('nan')):.4g}")
             every = self.config.eval.every
             if (every and self.epoch % every == 0) or self.epoch == total:
                 self.evaluate()
