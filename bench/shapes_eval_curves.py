@@ -42,7 +42,9 @@ def settings_of(args: argparse.Namespace) -> dict[str, str]:
                                                       "threads", "set")}
 
 
-def run_algorithm(algorithm: str, args: argparse.Namespace) -> dict:
+def run_algorithm(algorithm: str, args: argparse.Namespace, start_file: Path | None = None) -> dict:
+    """One algorithm's curve under ``args.out / algorithm``. ``start_file``: where the untrained model's point is
+    shared between runs of the same start (read if there, written if not), so it is evaluated once."""
     from diffalign.training.trainer import Trainer
 
     folder = args.out / algorithm
@@ -54,6 +56,7 @@ def run_algorithm(algorithm: str, args: argparse.Namespace) -> dict:
                  "eval.at_start=false", "run.checkpoint_every=0", "run.progress=false", "run.log_with=",
                  *DEMO_OVERRIDES.get(algorithm, []), *args.set]
     trainer = Trainer(f"{algorithm}_shapes", overrides=overrides, run_dir=folder / "run")
+    folder.mkdir(parents=True, exist_ok=True)
     curve_file = folder / "curve.jsonl"
     if curve_file.exists():  # an interrupted run's curve: its training state is gone, so it is kept aside, not resumed
         kept = next(folder / f"curve.interrupted{i}.jsonl" for i in range(1, 10_000)
@@ -62,8 +65,13 @@ def run_algorithm(algorithm: str, args: argparse.Namespace) -> dict:
         print(f"[{algorithm}] an interrupted curve was kept as {kept}; training again from the start", flush=True)
 
     def evaluate(minutes: float, epoch: int, last: bool) -> dict:
-        return curve_point(full_shapes_eval(trainer, folder / f"eval_{epoch:05d}", steps=args.steps,
-                                            guidance_scale=args.guidance_scale))
+        if epoch == 0 and start_file is not None and start_file.exists():
+            return json.loads(start_file.read_text())
+        point = curve_point(full_shapes_eval(trainer, folder / f"eval_{epoch:05d}", steps=args.steps,
+                                             guidance_scale=args.guidance_scale))
+        if epoch == 0 and start_file is not None:
+            start_file.write_text(json.dumps(point) + "\n")
+        return point
 
     curve = train_for_minutes(trainer, args.minutes, args.every, evaluate, curve_file,
                               log=lambda line: print(f"[{algorithm}] {line}", flush=True))
