@@ -13,7 +13,8 @@
    before and after) and the training run (``train/``: config, metrics, checkpoints, LoRA).
 
 ``--long`` (:func:`run_long_demo`) trains for a budget of CPU-minutes instead, with the full ShapesEval every
-few minutes: the per-task table, the curve against minutes and the whole suite's captioned before/after grid.
+few minutes: the per-task table, the curve against minutes and the whole suite's captioned before/after grid;
+``--resume`` continues an interrupted one from its last evaluation.
 
 From Python::
 
@@ -237,13 +238,18 @@ def run_long_demo(
     seed: int = 0,
     eval_steps: int | None = None,
     overrides: Sequence[str] = (),
+    resume: bool = False,
     log=print,
 ) -> DemoResult:
     """``diffalign demo --long``: train ``algorithm``'s ``*_shapes`` recipe for ``minutes`` of this process's CPU
     time, with the full ShapesEval (90 prompts x 4 images, the model's sampling defaults unless ``eval_steps``)
     at the start, every ``every`` minutes and at the end. Writes ``summary.md``/``summary.json`` (each task
     before and after, minutes to 0.6 and 0.8), ``curve.jsonl``, ``curve.png`` and ``before_after.png`` (the
-    whole suite, each image captioned with its prompt and the judge's verdict)."""
+    whole suite, each image captioned with its prompt and the judge's verdict).
+
+    The training state is checkpointed after every evaluation; ``resume`` continues an interrupted run in
+    ``out`` (the same settings) from its last evaluated point, and a point or an evaluation folder made after
+    it is moved aside (``*.interrupted*``), not overwritten."""
     from diffalign.config import load_config
     from diffalign.errors import OutputExistsError, known_name, model_source, number
     from diffalign.eval.compare import before_after_grid, comparison_table
@@ -258,8 +264,15 @@ def run_long_demo(
     if eval_steps is not None:
         number(eval_steps, "eval_steps", low=1, integer=True)
     out = Path(out)
-    if (out / "summary.json").exists() or (out / "curve.jsonl").exists():
-        raise OutputExistsError(f"{out} already holds a demo run; choose another --out")
+    settings = {"algorithm": algorithm, "model": model, "minutes": minutes, "every": every, "seed": seed,
+                "eval_steps": eval_steps, "overrides": list(overrides)}
+    if (out / "summary.json").exists():
+        raise OutputExistsError(f"{out} already holds a finished demo run; choose another --out")
+    if resume:
+        resumed = _resumable_long_run(out, settings)
+    elif (out / "curve.jsonl").exists():
+        raise OutputExistsError(f"{out} already holds an unfinished demo --long run: add --resume to continue it, "
+                                f"or choose another --out")
     model_source(model)
     recipe = recipe_path(f"{algorithm}_shapes")
     train_overrides = [f"model.source={model}", f"run.seed={seed}", "run.epochs=1000000", "eval.every=0",
@@ -267,10 +280,17 @@ def run_long_demo(
                        *DEMO_OVERRIDES.get(algorithm, []), *overrides]
     load_config(recipe, train_overrides)  # a bad --set fails before the model loads
     out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        (out / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
     log(f"loading {model}; {algorithm} for {minutes:g} CPU-minutes, full ShapesEval every {every:g}")
     trainer = Trainer(recipe, overrides=train_overrides, adapter=load(model), run_dir=out / "train")
-
+    curve_so_far = None
     ends: dict[str, dict] = {}  # the whole results of the first and last evaluations, for the table
+    if resume:
+        checkpoint = trainer.resume()
+        curve_so_far = _set_aside_after(out, resumed, trainer.epoch)
+        ends["before"] = json.loads((out / "before" / "summary.json").read_text())
+        log(f"resuming from {checkpoint} at {curve_so_far[-1]['minutes']:.1f} CPU-minutes (epoch {trainer.epoch})")
 
     def evaluate(spent: float, epoch: int, last: bool) -> dict:
         end = "before" if epoch == 0 else "after" if last else None
@@ -280,7 +300,8 @@ def run_long_demo(
             ends[end] = result
         return curve_point(result)
 
-    curve = train_for_minutes(trainer, minutes, every, evaluate, out / "curve.jsonl", log=log)
+    curve = train_for_minutes(trainer, minutes, every, evaluate, out / "curve.jsonl", log=log,
+                              checkpoint=trainer.save_checkpoint, resumed=curve_so_far)
     trainer.close()
     before, after = curve[0], curve[-1]
     reached = {str(t): minutes_to(curve, t) for t in LONG_DEMO_TARGETS}
@@ -298,6 +319,45 @@ def run_long_demo(
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     paths["summary"].write_text("\n".join(lines) + "\n")
     return DemoResult(out=out, summary=summary, paths=paths)
+
+
+def _resumable_long_run(out: Path, settings: dict[str, Any]) -> list[dict]:
+    """The curve of the unfinished ``demo --long`` run in ``out``, checked against ``settings``; one-line
+    errors for a folder that holds none, or one made with other settings."""
+    from diffalign.errors import MissingPathError, UserError
+    from diffalign.training.checkpoint import find_latest_checkpoint
+
+    saved = out / "settings.json"
+    if not saved.exists() or not (out / "curve.jsonl").exists():
+        raise MissingPathError(f"--resume: {out} holds no unfinished demo --long run (settings.json and curve.jsonl)")
+    made_with = json.loads(saved.read_text())
+    changed = sorted(k for k in settings if made_with.get(k) != settings[k])
+    if changed:
+        raise UserError(f"--resume: {out} was made with other settings ({', '.join(changed)}: "
+                        + ", ".join(f"{k}={made_with.get(k)!r}" for k in changed) + "); give them again or drop --resume")
+    if find_latest_checkpoint(out / "train") is None:
+        raise MissingPathError(f"--resume: {out} has no checkpoint yet (the run stopped before its first evaluation "
+                               f"ended); start it again in another --out")
+    return [json.loads(line) for line in (out / "curve.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _set_aside_after(out: Path, curve: list[dict], epoch: int) -> list[dict]:
+    """Keep the points up to the restored ``epoch``; the later ones (evaluated on training the checkpoint does not
+    hold) go to ``curve.interrupted.jsonl`` and their evaluation folders, and ``after``, are renamed aside."""
+    kept = [p for p in curve if p["epoch"] <= epoch]
+    if not kept or kept[-1]["epoch"] != epoch:
+        raise ValueError(f"{out}: the curve has no point at the checkpoint's epoch {epoch}")
+    later = [p for p in curve if p["epoch"] > epoch]
+    if later:
+        with (out / "curve.interrupted.jsonl").open("a") as f:
+            f.writelines(json.dumps(p) + "\n" for p in later)
+        (out / "curve.jsonl").write_text("".join(json.dumps(p) + "\n" for p in kept))
+    stale = [out / "after"] + [f for f in (out / "curve").glob("eval_*") if f.name[5:].isdigit() and int(f.name[5:]) > epoch]
+    for folder in stale:
+        if folder.exists():
+            folder.rename(next(folder.with_name(f"{folder.name}.interrupted{i}") for i in range(1, 10_000)
+                               if not folder.with_name(f"{folder.name}.interrupted{i}").exists()))
+    return kept
 
 
 def build_shapes_preference_data(adapter, folder: Path, algorithm: str, prompts: int, seed: int, progress: bool, log,
@@ -342,6 +402,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              "every --every minutes; writes the per-task table, the curve and the captioned grid")
     parser.add_argument("--minutes", type=float, default=30.0, help="--long: CPU-minutes of training (default 30)")
     parser.add_argument("--every", type=float, default=5.0, help="--long: CPU-minutes between evaluations (default 5)")
+    parser.add_argument("--resume", action="store_true",
+                        help="--long: continue the interrupted run in --out from its last evaluation (the same options)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -350,6 +412,8 @@ def run(args: argparse.Namespace) -> int:
 
     out = args.out or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     started = time.time()
+    if args.resume and not (args.long and args.out):
+        raise UserError("--resume continues an interrupted demo --long run: give --long and its --out")
     if args.long:
         if args.video or args.epochs is not None:
             raise UserError("--long trains for --minutes of CPU time on images: drop --video and --epochs")
@@ -360,7 +424,7 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(1)  # the budget is minutes of one CPU thread
         result = run_long_demo(out, algorithm=args.algorithm, model=args.model or "shapes-sd", minutes=args.minutes,
-                               every=args.every, seed=args.seed, overrides=args.overrides)
+                               every=args.every, seed=args.seed, overrides=args.overrides, resume=args.resume)
     else:
         result = run_demo(out, algorithm=args.algorithm, model=args.model, epochs=args.epochs,
                           prompts_per_task=4 if args.prompts_per_task is None else args.prompts_per_task,

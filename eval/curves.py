@@ -39,13 +39,16 @@ def curve_point(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def train_for_minutes(trainer, minutes: float, every: float, evaluate: Callable[[float, int, bool], dict],
-                      curve_file: Path | None = None, log: Callable[[str], None] = print) -> list[dict]:
+                      curve_file: Path | None = None, log: Callable[[str], None] = print, *,
+                      checkpoint: Callable[[], Any] | None = None, resumed: list[dict] | None = None) -> list[dict]:
     """Train one epoch at a time for ``minutes`` of CPU time; ``evaluate(minutes, epoch, last)`` runs at the
     start, every ``every`` minutes and at the end, and each point (``minutes``, ``epoch`` and what it returns)
-    is appended to ``curve_file`` as it comes."""
+    is appended to ``curve_file`` as it comes. ``checkpoint`` runs after every point but the last (e.g.
+    ``trainer.save_checkpoint``); ``resumed``: the curve of an interrupted run whose last point is the
+    trainer's restored state (its epoch and minutes), which training continues from."""
     if not minutes > 0 or not every > 0:
         raise ValueError(f"minutes and every must be positive, got {minutes} and {every}")
-    curve: list[dict] = []
+    curve: list[dict] = list(resumed or [])
 
     def record(spent: float, epoch: int, last: bool) -> None:
         point = {"minutes": spent, "epoch": epoch, **evaluate(spent, epoch, last)}
@@ -54,9 +57,17 @@ def train_for_minutes(trainer, minutes: float, every: float, evaluate: Callable[
             with curve_file.open("a") as f:
                 f.write(json.dumps(point) + "\n")
         log(f"{spent:5.1f} min, epoch {epoch}: ShapesEval {point['overall']:.3f}")
+        if checkpoint is not None and not last:
+            checkpoint()
 
-    record(0.0, 0, False)
-    cpu, epoch, next_eval = 0.0, 0, every
+    if curve:
+        if curve[-1]["epoch"] != trainer.epoch:
+            raise ValueError(f"the resumed curve ends at epoch {curve[-1]['epoch']}, the trainer is at {trainer.epoch}")
+        cpu, epoch = curve[-1]["minutes"] * 60, trainer.epoch
+    else:
+        record(0.0, 0, False)
+        cpu, epoch = 0.0, 0
+    next_eval = every * (int(cpu / 60 / every) + 1)  # the first multiple of ``every`` past the last point
     while cpu / 60 < minutes:
         started = time.process_time()
         trainer.train(epochs=1_000_000, stop_after=1, budget=f"{cpu / 60:.1f} of {minutes:g} CPU-minutes")
@@ -65,7 +76,7 @@ def train_for_minutes(trainer, minutes: float, every: float, evaluate: Callable[
         done = cpu / 60 >= minutes
         if cpu / 60 >= next_eval or done:
             record(cpu / 60, epoch, done)
-            next_eval += every
+            next_eval = every * (int(cpu / 60 / every) + 1)
     return curve
 
 

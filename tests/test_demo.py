@@ -78,9 +78,74 @@ def test_long_demo_curve_table_and_grid_from_the_full_suite(tmp_path, tiny_shape
         run_long_demo(tmp_path / "long", model=model, log=lambda *a: None)
 
 
+def test_long_demo_resumes_after_an_interruption_as_the_uninterrupted_run(tmp_path, tiny_shapes_models, monkeypatch):
+    """Killed during its last evaluation and resumed, ``demo --long`` trains on from its last checkpointed point
+    and ends with the weights of the uninterrupted run (the CPU clock is made to tick a fixed amount per read,
+    so both runs evaluate at the same epochs); the unrecorded evaluation is moved aside, not overwritten."""
+    import hashlib
+    import types
+
+    import diffalign.eval.curves as curves
+    from diffalign.demo import run_long_demo
+    from diffalign.errors import OutputExistsError, UserError
+
+    ticks = {"now": 0.0}
+
+    def process_time() -> float:  # 0.375 s of "CPU" between two reads: an epoch costs 1/160 minute
+        ticks["now"] += 0.375
+        return ticks["now"]
+
+    monkeypatch.setattr(curves, "time", types.SimpleNamespace(process_time=process_time))
+    real_eval = curves.full_shapes_eval
+    seen: dict[str, dict[int, str]] = {}
+    fail_at = {"epoch": None}
+
+    def recording_eval(trainer, out, **kwargs):
+        weights = b"".join(v.double().numpy().tobytes() for v in trainer.trainable_state_dict().values())
+        seen.setdefault(run, {})[trainer.epoch] = hashlib.sha256(weights).hexdigest()
+        result = real_eval(trainer, out, **kwargs)
+        if trainer.epoch == fail_at["epoch"]:
+            raise KeyboardInterrupt  # the process dies after the suite ran, before its point is written
+        return result
+
+    monkeypatch.setattr(curves, "full_shapes_eval", recording_eval)
+    model = str(tiny_shapes_models / "shapes-sd")
+    # a reward that varies on the untrained tiny model (the judge gives it 0 everywhere), so the weights move
+    small = [item for item in TINY_DEMO if not item.startswith("eval.")] + [
+        "train.learning_rate=0.05", "reward.spec=jpeg_incompressibility", "reward.options={}"]
+    kwargs = dict(algorithm="awm", model=model, minutes=0.02, every=0.01, eval_steps=1, overrides=small,
+                  log=lambda *a: None)
+    run = "whole"
+    whole = run_long_demo(tmp_path / "whole", **kwargs)
+    epochs = [p["epoch"] for p in whole.summary["curve"]]
+    assert epochs == [0, 2, 4]
+
+    run, fail_at["epoch"], ticks["now"] = "cut", 4, 0.0
+    with pytest.raises(KeyboardInterrupt):
+        run_long_demo(tmp_path / "cut", **kwargs)
+    assert (tmp_path / "cut" / "after" / "results.jsonl").exists() and not (tmp_path / "cut" / "summary.json").exists()
+    with pytest.raises(OutputExistsError, match="--resume"):
+        run_long_demo(tmp_path / "cut", **kwargs)
+    with pytest.raises(UserError, match="seed"):
+        run_long_demo(tmp_path / "cut", **{**kwargs, "seed": 1}, resume=True)
+    run, fail_at["epoch"] = "resumed", None
+    resumed = run_long_demo(tmp_path / "cut", **kwargs, resume=True)
+
+    assert len(set(seen["whole"].values())) == 3  # training changed the weights between the points
+    assert seen["cut"] == {e: seen["whole"][e] for e in (0, 2, 4)}
+    assert seen["resumed"] == {4: seen["whole"][4]}  # two epochs retrained from the epoch-2 checkpoint, bit for bit
+    assert [p["epoch"] for p in resumed.summary["curve"]] == epochs
+    assert resumed.summary["before"] == whole.summary["before"] and resumed.summary["after"]["epoch"] == 4
+    assert (tmp_path / "cut" / "after.interrupted1" / "results.jsonl").exists()
+    assert resumed.paths["before_after"].exists()
+    with pytest.raises(OutputExistsError, match="finished"):
+        run_long_demo(tmp_path / "cut", **kwargs, resume=True)
+
+
 @pytest.mark.parametrize("given, named", [(["--video"], "--video"), (["--epochs", "3"], "--epochs"),
                                            (["--prompts-per-task", "2"], "--prompts-per-task"),
-                                           (["--images-per-prompt", "1"], "--images-per-prompt")])
+                                           (["--images-per-prompt", "1"], "--images-per-prompt"),
+                                           (["--resume"], "--resume")])
 def test_long_demo_cli_refuses_options_it_would_ignore(tmp_path, given, named, capsys):
     """``--long`` always runs the full suite for a budget of minutes: an option it cannot honour is refused in
     one line before anything loads (it used to be ignored silently)."""
