@@ -66,8 +66,8 @@ def recipe_overrides(algorithm: str, source: Path, args: argparse.Namespace) -> 
                  f"prompts.num_eval={args.num_eval}", f"data.source={source}",
                  f"data.examples_per_epoch={args.examples_per_epoch}", f"train.batch_size={TRAIN_BATCH}",
                  f"train.updates_per_epoch={args.examples_per_epoch // TRAIN_BATCH}"]
-    if algorithm == "dro":  # the replay buffer keeps whole collected batches: the last two
-        overrides.append(f"dro.buffer_size={2 * args.examples_per_epoch}")
+    if algorithm == "dro":  # as dro_shapes (the official sync): the buffer holds the epoch's own batch alone
+        overrides.append(f"dro.buffer_size={args.examples_per_epoch}")
     return [*overrides, *args.set]
 
 
