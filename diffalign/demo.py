@@ -239,6 +239,7 @@ def run_long_demo(
     eval_steps: int | None = None,
     overrides: Sequence[str] = (),
     resume: bool = False,
+    progress: bool = True,
     log=print,
 ) -> DemoResult:
     """``diffalign demo --long``: train ``algorithm``'s ``*_shapes`` recipe for ``minutes`` of this process's CPU
@@ -249,7 +250,7 @@ def run_long_demo(
 
     The training state is checkpointed after every evaluation; ``resume`` continues an interrupted run in
     ``out`` (the same settings) from its last evaluated point, and a point or an evaluation folder made after
-    it is moved aside (``*.interrupted*``), not overwritten."""
+    it is moved aside (``*.interrupted*``), not overwritten. ``progress``: a bar over each evaluation's images."""
     from diffalign.config import load_config
     from diffalign.errors import OutputExistsError, known_name, model_source, number
     from diffalign.eval.compare import before_after_grid, comparison_table
@@ -295,7 +296,7 @@ def run_long_demo(
     def evaluate(spent: float, epoch: int, last: bool) -> dict:
         end = "before" if epoch == 0 else "after" if last else None
         folder = out / end if end else out / "curve" / f"eval_{epoch:05d}"
-        result = full_shapes_eval(trainer, folder, steps=eval_steps, save_images=end is not None)
+        result = full_shapes_eval(trainer, folder, steps=eval_steps, save_images=end is not None, progress=progress)
         if end:
             ends[end] = result
         return curve_point(result)
@@ -404,7 +405,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--every", type=float, default=5.0, help="--long: CPU-minutes between evaluations (default 5)")
     parser.add_argument("--resume", action="store_true",
                         help="--long: continue the interrupted run in --out from its last evaluation (the same options)")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (sampling, evaluation)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -424,7 +425,8 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(1)  # the budget is minutes of one CPU thread
         result = run_long_demo(out, algorithm=args.algorithm, model=args.model or "shapes-sd", minutes=args.minutes,
-                               every=args.every, seed=args.seed, overrides=args.overrides, resume=args.resume)
+                               every=args.every, seed=args.seed, overrides=args.overrides, resume=args.resume,
+                               progress=not args.no_progress)
     else:
         result = run_demo(out, algorithm=args.algorithm, model=args.model, epochs=args.epochs,
                           prompts_per_task=4 if args.prompts_per_task is None else args.prompts_per_task,

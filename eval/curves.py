@@ -18,9 +18,10 @@ __all__ = ["curve_point", "full_shapes_eval", "minutes_to", "plot_curves", "trai
 
 
 def full_shapes_eval(trainer, out: Path, *, steps: int | None = None, guidance_scale: float | None = None,
-                     save_images: bool = False) -> dict[str, Any]:
+                     save_images: bool = False, progress: bool = False) -> dict[str, Any]:
     """The whole suite (90 prompts x 4 images) on the trainer's current model at the model's sampling defaults
-    (unless given), with the EMA weights where its recipe evaluates with them; ShapesEval's whole result."""
+    (unless given), with the EMA weights where its recipe evaluates with them; ShapesEval's whole result.
+    ``progress``: a bar over the suite's images."""
     from diffalign.eval.shapes_eval import run_shapes_eval
     from diffalign.sample import model_defaults
 
@@ -29,7 +30,7 @@ def full_shapes_eval(trainer, out: Path, *, steps: int | None = None, guidance_s
     guidance = guidance_scale if guidance_scale is not None else defaults.get("guidance_scale", 4.0)
     context = trainer.ema_weights() if trainer.config.eval.use_ema else contextlib.nullcontext()
     with context, torch.no_grad():
-        return run_shapes_eval(trainer.adapter, out, steps=steps, guidance_scale=guidance, progress=False,
+        return run_shapes_eval(trainer.adapter, out, steps=steps, guidance_scale=guidance, progress=progress,
                                save_images=save_images)
 
 
