@@ -345,9 +345,12 @@ def _resumable_long_run(out: Path, settings: dict[str, Any]) -> list[dict]:
 def _set_aside_after(out: Path, curve: list[dict], epoch: int) -> list[dict]:
     """Keep the points up to the restored ``epoch``; the later ones (evaluated on training the checkpoint does not
     hold) go to ``curve.interrupted.jsonl`` and their evaluation folders, and ``after``, are renamed aside."""
+    from diffalign.errors import UserError
+
     kept = [p for p in curve if p["epoch"] <= epoch]
     if not kept or kept[-1]["epoch"] != epoch:
-        raise ValueError(f"{out}: the curve has no point at the checkpoint's epoch {epoch}")
+        raise UserError(f"--resume: {out / 'curve.jsonl'} has no point at its newest checkpoint's epoch {epoch} "
+                        f"(files were removed?); start the run again in another --out")
     later = [p for p in curve if p["epoch"] > epoch]
     if later:
         with (out / "curve.interrupted.jsonl").open("a") as f:
