@@ -9,6 +9,7 @@ variant's difference has to clear.
 
     python bench/shapes_ablation.py --minutes 10
     python bench/shapes_ablation.py --variants binary_reward sde_rollouts   # a subset, e.g. one per process
+    python bench/shapes_ablation.py --variants official_lr --seeds 1         # a variant's second seed
 
 Each run is saved under ``OUT/VARIANT-sSEED/`` and reused on a rerun with the same settings, so two processes
 with disjoint ``--variants`` can share one ``--out``; a last call with ``--report`` writes ``OUT/ablation.md`` and
@@ -60,12 +61,13 @@ def runs_of(args: argparse.Namespace) -> list[tuple[str, int]]:
 
 
 def saved_curves(args: argparse.Namespace) -> dict[tuple[str, int], list[dict]]:
-    """The curves of the finished runs under ``--out``, by (variant, seed)."""
+    """The curves of every finished run under ``--out``, by (variant, seed)."""
     saved = {}
-    for variant, seed in runs_of(args):
-        path = args.out / f"{variant}-s{seed}" / ALGORITHM / "result.json"
-        if path.exists():
-            saved[variant, seed] = json.loads(path.read_text())["curve"]
+    for variant in VARIANTS:  # every seed a run was made with (``--seeds 1 --variants X`` adds X's second seed)
+        for path in sorted(args.out.glob(f"{variant}-s*/{ALGORITHM}/result.json")):
+            seed = path.parent.parent.name.rsplit("-s", 1)[1]
+            if seed.isdigit():
+                saved[variant, int(seed)] = json.loads(path.read_text())["curve"]
     if not saved:
         raise SystemExit(f"nothing saved under {args.out} yet")
     return saved
@@ -74,13 +76,14 @@ def saved_curves(args: argparse.Namespace) -> dict[tuple[str, int], list[dict]]:
 def report(args: argparse.Namespace, saved: dict[tuple[str, int], list[dict]]) -> str:
     start = next(iter(saved.values()))[0]
     tasks = list(start["tasks"])
-    recipe = [saved[("recipe", s)][-1]["overall"] for s in args.seeds if ("recipe", s) in saved]
+    recipe_seeds = sorted(seed for variant, seed in saved if variant == "recipe")
+    recipe = [saved["recipe", seed][-1]["overall"] for seed in recipe_seeds]
     floor = (max(recipe) - min(recipe)) if len(recipe) > 1 else None
     sampler = f"{args.steps} sampler steps" if args.steps else "the model's sampling defaults"
     lines = [f"# Ablation of awm_shapes on {args.model}: each choice removed in turn", "",
              f"Full ShapesEval (90 prompts x 4 images, {sampler}) after {args.minutes:g} CPU-minutes of "
              f"one thread; start {start['overall']:.3f}. Seeds of the recipe: "
-             + ", ".join(str(s) for s in args.seeds)
+             + ", ".join(str(seed) for seed in recipe_seeds)
              + (f" (spread {floor:.3f}: the noise floor)." if floor is not None else "."), "",
              "| variant | removes | seed | epochs | final | vs recipe | " + " | ".join(tasks) + " |",
              "|---|---|---|---|---|---|" + "---|" * len(tasks)]
@@ -123,7 +126,6 @@ def main(argv: list[str] | None = None) -> int:
         for variant, seed in runs_of(args):
             print(f"== {variant} (seed {seed}): removes {VARIANTS[variant][0]}", flush=True)
             run_algorithm(ALGORITHM, run_args(args, variant, seed), start_file=start_file(args))
-    args.variants = list(VARIANTS)  # the table holds every saved run, whichever this call trained
     saved = saved_curves(args)
     table = report(args, saved)
     (args.out / "ablation.md").write_text(table)
