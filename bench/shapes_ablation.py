@@ -39,7 +39,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "no_weight_ema": ("weight EMA 0.99 for evaluation (the raw weights)", ["train.ema=false"]),
     "no_kl": ("KL to the reference, beta 1e-3 (none)", ["awm.kl_beta=0"]),
     "official_group": ("groups of 8 (the official 24: 2 prompts x 24 an epoch)",
-                       ["sampling.group_size=24", "sampling.batches_per_epoch=3"]),
+                       ["sampling.group_size=24", "sampling.batch_size=24"]),
     "official_rank": ("LoRA rank 8 (the official rank 32, alpha 64)", ["model.lora_rank=32", "model.lora_alpha=64"]),
 }
 

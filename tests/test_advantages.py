@@ -134,7 +134,7 @@ def test_group_sampler_repeats_prompts_across_ranks():
     one = GroupPromptSampler(source, batch_size=12, group_size=4, num_processes=1, seed=7)
     restarted = [GroupPromptSampler(source, 3, 4, 4, r, seed=7) for r in range(4)]
     assert one.next_batch() == [p for s in restarted for p in s.next_batch()]  # same global batch for any world size
-    with pytest.raises(ValueError, match="group_size=5 must divide"):
+    with pytest.raises(ValueError, match="group_size = 5 must divide"):
         GroupPromptSampler(source, batch_size=3, group_size=5, num_processes=2)
 
 

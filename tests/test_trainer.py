@@ -111,6 +111,18 @@ def test_gradient_accumulation_is_derived_and_checked(tiny_model, tmp_path):
         make_trainer(tiny_model, "sd15", "ddpo", tmp_path / "d", train={"updates_per_epoch": 3})
 
 
+def test_group_size_that_does_not_divide_the_batch_fails_before_the_model_loads(tiny_model, tmp_path, monkeypatch):
+    """A one-line ConfigError naming both values, raised before the model is loaded (it was a ValueError from the
+    prompt sampler after the load)."""
+    def no_load(self, adapter):
+        raise AssertionError("the model was loaded before the config was checked")
+
+    monkeypatch.setattr(Trainer, "_load_adapter", no_load)
+    config = base_config("awm", tiny_model("sd15"), sampling={"batch_size": 16, "group_size": 24, "stochastic": False})
+    with pytest.raises(ConfigError, match=r"sampling.group_size = 24 must divide .*batch_size 16 x 1 process\(es\) = 16"):
+        Trainer(config, reward=brightness, run_dir=tmp_path / "e")
+
+
 def test_typed_trainer_refuses_other_algorithm(tiny_model, tmp_path):
     from diffalign.training import AWMTrainer
 

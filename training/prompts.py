@@ -148,6 +148,17 @@ def prompt_source(spec: str = "", items: Sequence[str] = (), options: dict[str, 
     return PROMPT_SOURCES.build(spec, **(options or {}))
 
 
+def check_group_size(batch_size: int, group_size: int, num_processes: int = 1) -> None:
+    """``sampling.group_size`` must divide the global sample batch (each group's samples are drawn together);
+    :class:`~diffalign.config.ConfigError` naming both otherwise."""
+    from diffalign.config import ConfigError
+
+    total = batch_size * num_processes
+    if total % group_size:
+        raise ConfigError(f"sampling.group_size = {group_size} must divide the global sample batch "
+                          f"(sampling.batch_size {batch_size} x {num_processes} process(es) = {total})")
+
+
 class GroupPromptSampler:
     """Per-batch prompts for this rank; every rank computes the same global batch from ``(seed, counter)``."""
 
@@ -155,12 +166,7 @@ class GroupPromptSampler:
         self, source: PromptSource, batch_size: int, group_size: int = 1, num_processes: int = 1,
         process_index: int = 0, seed: int = 0,
     ):
-        total = batch_size * num_processes
-        if total % group_size:
-            raise ValueError(
-                f"sampling.group_size={group_size} must divide the global sample batch "
-                f"(sampling.batch_size {batch_size} x {num_processes} processes = {total})"
-            )
+        check_group_size(batch_size, group_size, num_processes)
         self.source = source
         self.batch_size = batch_size
         self.group_size = group_size

@@ -51,7 +51,7 @@ from .advantages import build_normalizer
 from .algorithms import ALGORITHMS, Algorithm
 from .algorithms.base import ParamGroup
 from .checkpoint import capture_rng_state, find_latest_checkpoint, load_state, restore_rng_state, write_checkpoint
-from .prompts import GroupPromptSampler, ListSource, derive_seed, prompt_source
+from .prompts import GroupPromptSampler, ListSource, check_group_size, derive_seed, prompt_source
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +148,7 @@ class Trainer:
             step_scheduler_with_optimizer=False,
         )
         acc = self.accelerator
+        check_group_size(self.config.sampling.batch_size, self.config.sampling.group_size, acc.num_processes)
         self._print(
             f"gradient accumulation: {self.grad_accum} backward passes per optimizer step "
             f"({self.samples_per_epoch} samples/process/epoch, train batch {self.config.train.batch_size}, "
