@@ -325,7 +325,7 @@ def run_long_demo(
 def _resumable_long_run(out: Path, settings: dict[str, Any]) -> list[dict]:
     """The curve of the unfinished ``demo --long`` run in ``out``, checked against ``settings``; one-line
     errors for a folder that holds none, or one made with other settings."""
-    from diffalign.errors import MissingPathError, UserError
+    from diffalign.errors import MissingPathError, UserError, read_jsonl
     from diffalign.training.checkpoint import find_latest_checkpoint
 
     saved = out / "settings.json"
@@ -339,7 +339,7 @@ def _resumable_long_run(out: Path, settings: dict[str, Any]) -> list[dict]:
     if find_latest_checkpoint(out / "train") is None:
         raise MissingPathError(f"--resume: {out} has no checkpoint yet (the run stopped before its first evaluation "
                                f"ended); start it again in another --out")
-    return [json.loads(line) for line in (out / "curve.jsonl").read_text().splitlines() if line.strip()]
+    return read_jsonl(out / "curve.jsonl", "demo --long curve")  # a line cut short by the kill: one-line error
 
 
 def _set_aside_after(out: Path, curve: list[dict], epoch: int) -> list[dict]:

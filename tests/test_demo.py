@@ -83,6 +83,7 @@ def test_long_demo_resumes_after_an_interruption_as_the_uninterrupted_run(tmp_pa
     and ends with the weights of the uninterrupted run (the CPU clock is made to tick a fixed amount per read,
     so both runs evaluate at the same epochs); the unrecorded evaluation is moved aside, not overwritten."""
     import hashlib
+    import shutil
     import types
 
     import diffalign.eval.curves as curves
@@ -128,6 +129,12 @@ def test_long_demo_resumes_after_an_interruption_as_the_uninterrupted_run(tmp_pa
         run_long_demo(tmp_path / "cut", **kwargs)
     with pytest.raises(UserError, match="seed"):
         run_long_demo(tmp_path / "cut", **{**kwargs, "seed": 1}, resume=True)
+    torn = tmp_path / "torn"  # a copy whose curve ends in a line the kill cut short
+    shutil.copytree(tmp_path / "cut", torn)
+    with (torn / "curve.jsonl").open("a") as f:
+        f.write('{"minutes": 0.0')
+    with pytest.raises(UserError, match=r"curve.jsonl:3: not valid JSON"):
+        run_long_demo(torn, **kwargs, resume=True)
     run, fail_at["epoch"] = "resumed", None
     resumed = run_long_demo(tmp_path / "cut", **kwargs, resume=True)
 
