@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _saved import reuse_saved  # noqa: E402
 from diffalign.demo import DEMO_OVERRIDES  # noqa: E402
-from diffalign.eval.curves import curve_point, full_shapes_eval, minutes_to, plot_curves, train_for_minutes  # noqa: E402
+from diffalign.eval.curves import (  # noqa: E402
+    curve_point, full_shapes_eval, minutes_to, move_aside, plot_curves, train_for_minutes)
 
 ALGORITHMS = ("ddpo", "flow_grpo", "awm", "draft", "alignprop", "refl", "find")
 
@@ -59,9 +60,7 @@ def run_algorithm(algorithm: str, args: argparse.Namespace, start_file: Path | N
     folder.mkdir(parents=True, exist_ok=True)
     curve_file = folder / "curve.jsonl"
     if curve_file.exists():  # an interrupted run's curve: its training state is gone, so it is kept aside, not resumed
-        kept = next(folder / f"curve.interrupted{i}.jsonl" for i in range(1, 10_000)
-                    if not (folder / f"curve.interrupted{i}.jsonl").exists())
-        curve_file.rename(kept)
+        kept = move_aside(curve_file)
         print(f"[{algorithm}] an interrupted curve was kept as {kept}; training again from the start", flush=True)
 
     def evaluate(minutes: float, epoch: int, last: bool) -> dict:

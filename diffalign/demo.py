@@ -346,6 +346,7 @@ def _set_aside_after(out: Path, curve: list[dict], epoch: int) -> list[dict]:
     """Keep the points up to the restored ``epoch``; the later ones (evaluated on training the checkpoint does not
     hold) go to ``curve.interrupted.jsonl`` and their evaluation folders, and ``after``, are renamed aside."""
     from diffalign.errors import UserError
+    from diffalign.eval.curves import move_aside
 
     kept = [p for p in curve if p["epoch"] <= epoch]
     if not kept or kept[-1]["epoch"] != epoch:
@@ -359,8 +360,7 @@ def _set_aside_after(out: Path, curve: list[dict], epoch: int) -> list[dict]:
     stale = [out / "after"] + [f for f in (out / "curve").glob("eval_*") if f.name[5:].isdigit() and int(f.name[5:]) > epoch]
     for folder in stale:
         if folder.exists():
-            folder.rename(next(folder.with_name(f"{folder.name}.interrupted{i}") for i in range(1, 10_000)
-                               if not folder.with_name(f"{folder.name}.interrupted{i}").exists()))
+            move_aside(folder)
     return kept
 
 

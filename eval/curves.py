@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["curve_point", "full_shapes_eval", "minutes_to", "plot_curves", "train_for_minutes"]
+__all__ = ["curve_point", "full_shapes_eval", "minutes_to", "move_aside", "plot_curves", "train_for_minutes"]
 
 
 def full_shapes_eval(trainer, out: Path, *, steps: int | None = None, guidance_scale: float | None = None,
@@ -79,6 +79,14 @@ def train_for_minutes(trainer, minutes: float, every: float, evaluate: Callable[
             record(cpu / 60, epoch, done)
             next_eval = every * (int(cpu / 60 / every) + 1)
     return curve
+
+
+def move_aside(path: Path) -> Path:
+    """Rename what an interrupted run left at ``path`` (a file or a folder) to the first free
+    ``STEM.interruptedN[.SUFFIX]`` beside it, so a rerun never overwrites it; returns the new path."""
+    kept = next(path.with_name(f"{path.stem}.interrupted{i}{path.suffix}") for i in range(1, 10_000)
+                if not path.with_name(f"{path.stem}.interrupted{i}{path.suffix}").exists())
+    return path.rename(kept)
 
 
 def minutes_to(curve: list[dict], target: float) -> float | None:
