@@ -64,20 +64,17 @@ def train_for_minutes(trainer, minutes: float, every: float, evaluate: Callable[
     if curve:
         if curve[-1]["epoch"] != trainer.epoch:
             raise ValueError(f"the resumed curve ends at epoch {curve[-1]['epoch']}, the trainer is at {trainer.epoch}")
-        cpu, epoch = curve[-1]["minutes"] * 60, trainer.epoch
     else:
-        record(0.0, 0, False)
-        cpu, epoch = 0.0, 0
-    next_eval = every * (int(cpu / 60 / every) + 1)  # the first multiple of ``every`` past the last point
+        record(0.0, trainer.epoch, False)
+    cpu = curve[-1]["minutes"] * 60
     while cpu / 60 < minutes:
         started = time.process_time()
         trainer.train(epochs=1_000_000, stop_after=1, budget=f"{cpu / 60:.1f} of {minutes:g} CPU-minutes")
         cpu += time.process_time() - started
-        epoch += 1
         done = cpu / 60 >= minutes
-        if cpu / 60 >= next_eval or done:
-            record(cpu / 60, epoch, done)
-            next_eval = every * (int(cpu / 60 / every) + 1)
+        # the next evaluation: the first multiple of ``every`` past the last point
+        if cpu / 60 >= every * (int(curve[-1]["minutes"] / every) + 1) or done:
+            record(cpu / 60, trainer.epoch, done)
     return curve
 
 
