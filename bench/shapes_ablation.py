@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from shapes_eval_curves import run_algorithm  # noqa: E402
+from shapes_eval_curves import check_recipe, run_algorithm  # noqa: E402
 
 ALGORITHM = "awm"
 #: variant -> (the choice of awm_shapes it removes, the overrides that remove it)
@@ -112,15 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     if any(s < 0 for s in args.seeds):
         parser.error(f"--seeds must be non-negative, got {args.seeds}")
     if not args.report:
-        from diffalign.config import ConfigError, load_config
-        from diffalign.training.algorithms import ALGORITHMS as REGISTRY
-        from diffalign.training.trainer import recipe_path
-
         for variant in args.variants:  # a variant that no longer fits the recipe fails before any model loads
-            try:
-                REGISTRY.get(ALGORITHM)(load_config(recipe_path(f"{ALGORITHM}_shapes"), VARIANTS[variant][1]))
-            except ConfigError as err:
-                parser.error(f"{variant}: {err}")
+            check_recipe(parser, ALGORITHM, VARIANTS[variant][1], variant)
         torch.set_num_threads(args.threads)
         args.out.mkdir(parents=True, exist_ok=True)
         for variant, seed in runs_of(args):

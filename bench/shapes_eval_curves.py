@@ -43,6 +43,20 @@ def settings_of(args: argparse.Namespace) -> dict[str, str]:
                                                       "threads", "set")}
 
 
+def check_recipe(parser: argparse.ArgumentParser, algorithm: str, overrides: list[str], label: str) -> None:
+    """``algorithm``'s ``*_shapes`` recipe with its demo overrides and ``overrides`` builds its algorithm; a
+    one-line parser error naming ``label`` otherwise (before any model loads)."""
+    from diffalign.config import ConfigError, load_config
+    from diffalign.training.algorithms import ALGORITHMS as REGISTRY
+    from diffalign.training.trainer import recipe_path
+
+    try:
+        REGISTRY.get(algorithm)(load_config(recipe_path(f"{algorithm}_shapes"),
+                                            [*DEMO_OVERRIDES.get(algorithm, []), *overrides]))
+    except ConfigError as err:
+        parser.error(f"{label}: {err}")
+
+
 def run_algorithm(algorithm: str, args: argparse.Namespace, start_file: Path | None = None) -> dict:
     """One algorithm's curve under ``args.out / algorithm``. ``start_file``: where the untrained model's point is
     shared between runs of the same start (read if there, written if not), so it is evaluated once."""
@@ -118,16 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name} must be a positive number, got {getattr(args, name)}")
     if any(not 0 < t <= 1 for t in args.targets):
         parser.error(f"--targets must lie in (0, 1], got {args.targets}")
-    from diffalign.config import ConfigError, load_config
-    from diffalign.training.algorithms import ALGORITHMS as REGISTRY
-    from diffalign.training.trainer import recipe_path
-
     for algorithm in args.algorithms:  # a bad --set fails before any model loads
-        try:
-            REGISTRY.get(algorithm)(load_config(recipe_path(f"{algorithm}_shapes"),
-                                                [*DEMO_OVERRIDES.get(algorithm, []), *args.set]))
-        except ConfigError as err:
-            parser.error(f"{algorithm}: {err}")
+        check_recipe(parser, algorithm, args.set, algorithm)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     runs = [run_algorithm(a, args) for a in args.algorithms]
