@@ -252,7 +252,7 @@ def run_long_demo(
     ``out`` (the same settings) from its last evaluated point, and a point or an evaluation folder made after
     it is moved aside (``*.interrupted*``), not overwritten. ``progress``: a bar over each evaluation's images."""
     from diffalign.config import load_config
-    from diffalign.errors import OutputExistsError, known_name, model_source, number
+    from diffalign.errors import OutputExistsError, known_name, model_source, number, read_json
     from diffalign.eval.compare import before_after_grid, comparison_table
     from diffalign.eval.curves import curve_point, full_shapes_eval, minutes_to, plot_curves, train_for_minutes
     from diffalign.pipelines import load
@@ -290,7 +290,7 @@ def run_long_demo(
     if resume:
         checkpoint = trainer.resume()
         curve_so_far = _set_aside_after(out, resumed, trainer.epoch)
-        ends["before"] = json.loads((out / "before" / "summary.json").read_text())
+        ends["before"] = read_json(out / "before" / "summary.json", "demo --long start")
         log(f"resuming from {checkpoint} at {curve_so_far[-1]['minutes']:.1f} CPU-minutes (epoch {trainer.epoch})")
 
     def evaluate(spent: float, epoch: int, last: bool) -> dict:
@@ -325,13 +325,13 @@ def run_long_demo(
 def _resumable_long_run(out: Path, settings: dict[str, Any]) -> list[dict]:
     """The curve of the unfinished ``demo --long`` run in ``out``, checked against ``settings``; one-line
     errors for a folder that holds none, or one made with other settings."""
-    from diffalign.errors import MissingPathError, UserError, read_jsonl
+    from diffalign.errors import MissingPathError, UserError, read_json, read_jsonl
     from diffalign.training.checkpoint import find_latest_checkpoint
 
     saved = out / "settings.json"
     if not saved.exists() or not (out / "curve.jsonl").exists():
         raise MissingPathError(f"--resume: {out} holds no unfinished demo --long run (settings.json and curve.jsonl)")
-    made_with = json.loads(saved.read_text())
+    made_with = read_json(saved, "demo --long settings")
     changed = sorted(k for k in settings if made_with.get(k) != settings[k])
     if changed:
         raise UserError(f"--resume: {out} was made with other settings ({', '.join(changed)}: "

@@ -32,6 +32,7 @@ __all__ = [
     "model_source",
     "number",
     "read_csv",
+    "read_json",
     "read_jsonl",
     "read_toml",
     "scorer_spec",
@@ -178,6 +179,20 @@ def read_toml(path: str | Path, what: str = "TOML file") -> dict[str, Any]:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: not valid TOML: {err}") from None
+
+
+def read_json(path: str | Path, what: str = "JSON file", *, expect: type = dict) -> Any:
+    """The parsed JSON file; :class:`UserError` naming the file if it does not parse or is not an ``expect``."""
+    path = existing_path(path, what, kind="file")
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text: {err}") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not valid JSON ({what}): {err}") from None
+    if not isinstance(value, expect):
+        raise UserError(f"{path}: expected a JSON {expect.__name__} ({what}), got {type(value).__name__}")
+    return value
 
 
 def read_jsonl(path: str | Path, what: str = "JSONL file") -> list[dict[str, Any]]:

@@ -33,7 +33,7 @@ class RunInfo:
 
 def run_info(path: str | Path) -> RunInfo:
     """What a run folder holds; an unreadable file is reported in ``problem`` instead of raising."""
-    from diffalign.training.checkpoint import find_latest_checkpoint
+    from diffalign.training.checkpoint import find_latest_checkpoint, read_trainer_state
 
     path = Path(path)
     problem = ""
@@ -58,8 +58,8 @@ def run_info(path: str | Path) -> RunInfo:
     resumable = None
     if checkpoint is not None:
         try:
-            resumable = int(json.loads((checkpoint / "trainer_state.json").read_text())["epoch"])
-        except (OSError, ValueError, KeyError):
+            resumable = int(read_trainer_state(checkpoint)["epoch"])
+        except (OSError, ValueError, KeyError, TypeError):
             resumable = int(checkpoint.name.split("_")[-1]) if checkpoint.name.startswith("epoch_") else 0
     final = path / "final"
     has_final = (final / "pytorch_lora_weights.safetensors").is_file() or (final / "denoiser.safetensors").is_file()

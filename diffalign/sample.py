@@ -6,12 +6,13 @@ and a PNG strip of their frames (one row per video), ``<out stem>_frames.png``."
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from diffalign.errors import read_json
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -34,7 +35,7 @@ def model_defaults(adapter) -> dict:
     # the pipeline's config first: the attribute of the same name is deprecated in diffusers (a FutureWarning)
     folder = getattr(getattr(adapter.pipe, "config", None), "_name_or_path", None) or getattr(adapter.pipe, "_name_or_path", None)
     if folder and (Path(folder) / "diffalign_defaults.json").exists():
-        return json.loads((Path(folder) / "diffalign_defaults.json").read_text())
+        return read_json(Path(folder) / "diffalign_defaults.json", "the model's sampling defaults")
     return {}
 
 

@@ -36,7 +36,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from diffalign.errors import UserError
+from diffalign.errors import UserError, read_json
 
 from diffalign.registry import Registry
 
@@ -676,7 +676,7 @@ def _denoiser_component(base: str) -> str:
     """``unet`` or ``transformer``, from the base model's ``model_index.json`` when it is a folder."""
     index = Path(_shipped_or_path(base)) / "model_index.json"
     if index.is_file():
-        names = json.loads(index.read_text())
+        names = read_json(index, "the base model's model index")
         return "unet" if "unet" in names else "transformer"
     return "unet"
 

@@ -7,11 +7,12 @@ adapter for its family.
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from diffalign.errors import read_json
 
 from .base import ADAPTERS, AdapterError, PipelineAdapter, UnsupportedPipelineError, register_adapter
 
@@ -58,7 +59,7 @@ def load(
     location = str(path or source)
     index = Path(location) / "model_index.json"
     if index.exists():  # fail fast on an unsupported class before loading any weights
-        model_index = json.loads(index.read_text())
+        model_index = read_json(index, "the pipeline's model index")
         cls = adapter_class_for(model_index["_class_name"])
         # components saved as null (e.g. SD3 without T5) must be passed as None to from_pretrained
         for name, value in model_index.items():
@@ -96,7 +97,7 @@ def _apply_text_length(adapter: PipelineAdapter, folder: Path) -> None:
     defaults = folder / "diffalign_defaults.json"
     if not defaults.is_file():
         return
-    length = json.loads(defaults.read_text()).get("max_sequence_length")
+    length = read_json(defaults, "the model's sampling defaults").get("max_sequence_length")
     settable = not isinstance(getattr(type(adapter), "max_sequence_length", None), property)
     if length is not None and hasattr(adapter, "max_sequence_length") and settable:
         adapter.max_sequence_length = int(length)

@@ -39,6 +39,14 @@ def work(tmp_path, monkeypatch):
     (tmp_path / "scores.csv").write_text("file,prompt,error\n")
     (tmp_path / "nomedia").mkdir()
     (tmp_path / "nomedia" / "notes.txt").write_text("not an image\n")
+    # JSON files cut short by a kill or a full disk: a model folder, a demo --long run, a checkpoint
+    (tmp_path / "broken_model").mkdir()
+    (tmp_path / "broken_model" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipel')
+    (tmp_path / "long").mkdir()
+    (tmp_path / "long" / "settings.json").write_text('{"algorithm": "awm", "mod')
+    (tmp_path / "long" / "curve.jsonl").write_text("")
+    (tmp_path / "cut_run" / "checkpoints" / "epoch_000002").mkdir(parents=True)
+    (tmp_path / "cut_run" / "checkpoints" / "epoch_000002" / "trainer_state.json").write_text('{"epoch": 2, "glo')
     from PIL import Image
 
     Image.new("RGB", (8, 8), "red").save(tmp_path / "red.png")
@@ -70,6 +78,7 @@ CASES = [
     (["train", "bad.toml"], "bad.toml: not valid TOML"),
     ([*TRAIN, "--resume", "run"], "--resume run: no complete checkpoint"),
     (["train", "--resume", "missing_run"], "missing_run does not exist"),
+    (["train", "awm_shapes", "--resume", "cut_run"], "epoch_000002/trainer_state.json: not valid JSON"),
     ([*TRAIN, "--resume"], "--resume: the run folder run holds no complete checkpoint"),
     # sample
     ([*SAMPLE, "--steps", "0"], "--steps must be an integer >= 1 and <= 10000, got 0"),
@@ -79,6 +88,7 @@ CASES = [
     ([*SAMPLE, "--prompts", "missing.txt"], "prompt file missing.txt does not exist"),
     ([*SAMPLE, "--model", "/nonexistent/folder"], "/nonexistent/folder"),
     ([*SAMPLE, "--model", NOT_CACHED], f"{NOT_CACHED!r} is not in the local Hugging Face cache"),
+    ([*SAMPLE, "--model", "broken_model"], "broken_model/model_index.json: not valid JSON"),
     (["sample", "--out", "nomedia"], "--out nomedia is a folder"),
     # score
     (["score", "nomedia", "--scorer", "jpeg_compressibility", "--out", "s.jsonl"], "no image or video files in nomedia"),
@@ -104,6 +114,7 @@ CASES = [
     ([*DEMO, "--model", "/nonexistent/folder"], "/nonexistent/folder"),
     ([*DEMO, "--set", "train.learning_rate=nan"], "train.learning_rate = nan"),
     (["demo", "--out", "demo", "--no-progress"], "demo already holds a demo run"),
+    (["demo", "--long", "--resume", "--out", "long", "--no-progress"], "long/settings.json: not valid JSON"),
     # prefs
     ([*BUILD[:-4], "--scorer", "nosuch", "--out", "prefs"], "unknown scorer nosuch"),
     ([*BUILD, "--images-per-prompt", "1"], "--images-per-prompt must be >= 2"),

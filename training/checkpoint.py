@@ -25,8 +25,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from diffalign.errors import UserError, read_json
+
 __all__ = [
     "CheckpointError",
+    "read_trainer_state",
     "capture_rng_state",
     "find_latest_checkpoint",
     "list_checkpoints",
@@ -39,8 +42,8 @@ _NAME = re.compile(r"^epoch_(\d{6,})$")
 STATE_FILE = "trainer_state.json"
 
 
-class CheckpointError(RuntimeError):
-    pass
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint that cannot be resumed from (incomplete or unreadable); one line, as any bad input."""
 
 
 def list_checkpoints(directory: str | Path) -> list[Path]:
@@ -147,13 +150,19 @@ def _barrier(accelerator) -> None:
 
 
 # ---------------------------------------------------------------------------------------- reading
+def read_trainer_state(checkpoint: str | Path) -> dict[str, Any]:
+    """A checkpoint's ``trainer_state.json``; a file cut short or edited by hand is a one-line error naming it
+    (read before any model loads by ``diffalign train --resume``)."""
+    return read_json(Path(checkpoint) / STATE_FILE, "checkpoint trainer state")
+
+
 def load_state(checkpoint: str | Path, rank: int = 0) -> dict[str, Any]:
     """Everything in a checkpoint folder: ``weights``, ``trainer_state``, ``rng`` and each ``*.pt`` state."""
     checkpoint = Path(checkpoint)
     if not (checkpoint / STATE_FILE).exists():
         raise CheckpointError(f"{checkpoint} is not a complete checkpoint (no {STATE_FILE})")
     out: dict[str, Any] = {
-        "trainer_state": json.loads((checkpoint / STATE_FILE).read_text()),
+        "trainer_state": read_trainer_state(checkpoint),
         "weights": load_file(str(checkpoint / "weights.safetensors")),
     }
     for path in checkpoint.glob("*.pt"):

@@ -19,7 +19,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from diffalign.errors import UserError, existing_path
 
-    from .checkpoint import find_latest_checkpoint
+    from .checkpoint import find_latest_checkpoint, read_trainer_state
     from .trainer import Trainer, TrainingDivergedError, recipe_path, shipped_recipes
 
     if args.list:
@@ -30,9 +30,11 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         run_dir = run_dir or args.resume
         existing_path(args.resume, "--resume folder", kind="dir")
-        if find_latest_checkpoint(args.resume) is None:
+        latest = find_latest_checkpoint(args.resume)
+        if latest is None:
             raise UserError(f"--resume {args.resume}: no complete checkpoint there (checkpoints/checkpoint-*); "
                             f"give a run folder that holds one, or start without --resume")
+        read_trainer_state(latest)  # readable before the model loads
         if recipe is None:
             saved = Path(args.resume) / "config.toml"
             if not saved.exists():
@@ -45,9 +47,11 @@ def run(args: argparse.Namespace) -> int:
 
         config = load_config(recipe_path(recipe), list(args.overrides))
         folder = Path(run_dir) if run_dir is not None else Path(config.run.output_dir) / config.run.name
-        if find_latest_checkpoint(folder) is None:
+        latest = find_latest_checkpoint(folder)
+        if latest is None:
             raise UserError(f"--resume: the run folder {folder} holds no complete checkpoint; "
                             f"name the run to resume with --resume DIR or start without --resume")
+        read_trainer_state(latest)
     trainer = Trainer(recipe_path(recipe), overrides=args.overrides, run_dir=run_dir)
     try:
         if args.resume is not None:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from diffalign.errors import UserError
+from diffalign.errors import UserError, read_json
 from diffalign.media import MediaError, save_image, save_video
 from diffalign.scorers.base import Scorer
 from diffalign.scorers.batch import ResultStore, score_media
@@ -70,7 +70,7 @@ def _check_settings(out: Path, settings: dict[str, Any], resume: bool) -> None:
     """A new folder gets ``settings.json``; resuming needs the same settings; anything else is refused."""
     path = out / "settings.json"
     if path.exists():
-        saved = json.loads(path.read_text())
+        saved = read_json(path, "preference data settings")
         if not resume:
             raise FileExistsError(f"{out} already holds preference data; pass --resume to continue it or use another --out")
         changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in settings.items() if saved.get(k) != v]

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from diffalign.assets_path import tokenizer_path
+from diffalign.errors import read_json
 
 from .world import IMAGE_SIZE
 
@@ -269,14 +270,14 @@ def null_component_kwargs(folder: str | Path) -> dict[str, None]:
     Pass these to ``DiffusionPipeline.from_pretrained``: diffusers drops null entries on load and
     then refuses the folder for a required component (``text_encoder_3`` of SD3).
     """
-    index = json.loads((Path(folder) / "model_index.json").read_text())
+    index = read_json(Path(folder) / "model_index.json", "the pipeline's model index")
     return {k: None for k, v in index.items() if isinstance(v, list) and len(v) == 2 and v[0] is None and v[1] is None}
 
 
 def read_defaults(folder: str | Path) -> dict[str, Any]:
     """Default sampling kwargs for the pipeline in ``folder`` ({} when the folder has none)."""
     path = Path(folder) / DEFAULTS_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_json(path, "the model's sampling defaults") if path.exists() else {}
 
 
 def save_pipeline(pipe, folder: str | Path, kind: str, sizes: ModelSizes, float16: bool = True, extra_defaults: dict[str, Any] | None = None) -> Path:
