@@ -80,8 +80,10 @@ def report(args: argparse.Namespace, saved: dict[tuple[str, int], list[dict]]) -
     recipe = [saved["recipe", seed][-1]["overall"] for seed in recipe_seeds]
     floor = (max(recipe) - min(recipe)) if len(recipe) > 1 else None
     sampler = f"{args.steps} sampler steps" if args.steps else "the model's sampling defaults"
+    # the budget the saved runs were trained for (a --report call's own --minutes may differ)
+    budgets = sorted({f"{curve[-1]['minutes']:.0f}" for curve in saved.values()}, key=float)
     lines = [f"# Ablation of awm_shapes on {args.model}: each choice removed in turn", "",
-             f"Full ShapesEval (90 prompts x 4 images, {sampler}) after {args.minutes:g} CPU-minutes of "
+             f"Full ShapesEval (90 prompts x 4 images, {sampler}) after {' or '.join(budgets)} CPU-minutes of "
              f"one thread; start {start['overall']:.3f}. Seeds of the recipe: "
              + ", ".join(str(seed) for seed in recipe_seeds)
              + (f" (spread {floor:.3f}: the noise floor)." if floor is not None else "."), "",
