@@ -13,9 +13,10 @@ are scored on prompts the grammar also draws for training, as GenEval-style RL r
 
     python bench/shapes_eval_curves.py --algorithms awm ddpo find --minutes 30 --every 5
 
-Each algorithm's curve is written to ``OUT/ALGORITHM/curve.jsonl`` as it grows; a finished one is reused on a
-rerun with the same settings (a rerun with other settings stops and says which differ). Writes
-``OUT/results.json``, ``OUT/results.md`` and ``OUT/curves.png``.
+Each algorithm's curve is written to ``OUT/ALGORITHM/curve.jsonl`` as it grows, and its training state is
+checkpointed after every evaluation: a rerun with the same settings reuses a finished curve and resumes an
+interrupted one from its last evaluated point, as ``diffalign demo --long --resume`` does (a rerun with other
+settings stops and says which differ). Writes ``OUT/results.json``, ``OUT/results.md`` and ``OUT/curves.png``.
 """
 from __future__ import annotations
 
@@ -31,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _saved import reuse_saved  # noqa: E402
 from diffalign.demo import DEMO_OVERRIDES  # noqa: E402
+from diffalign.errors import read_json, read_jsonl  # noqa: E402
 from diffalign.eval.curves import (  # noqa: E402
-    curve_point, full_shapes_eval, minutes_to, move_aside, plot_curves, train_for_minutes)
+    curve_point, full_shapes_eval, minutes_to, move_aside, plot_curves, resume_curve, train_for_minutes)
 
 ALGORITHMS = ("ddpo", "flow_grpo", "awm", "draft", "alignprop", "refl", "find")
 
@@ -60,6 +62,7 @@ def check_recipe(parser: argparse.ArgumentParser, algorithm: str, overrides: lis
 def run_algorithm(algorithm: str, args: argparse.Namespace, start_file: Path | None = None) -> dict:
     """One algorithm's curve under ``args.out / algorithm``. ``start_file``: where the untrained model's point is
     shared between runs of the same start (read if there, written if not), so it is evaluated once."""
+    from diffalign.training.checkpoint import find_latest_checkpoint
     from diffalign.training.trainer import Trainer
 
     folder = args.out / algorithm
@@ -70,12 +73,23 @@ def run_algorithm(algorithm: str, args: argparse.Namespace, start_file: Path | N
     overrides = [f"model.source={args.model}", f"run.seed={args.seed}", "run.epochs=1000000", "eval.every=0",
                  "eval.at_start=false", "run.checkpoint_every=0", "run.progress=false", "run.log_with=",
                  *DEMO_OVERRIDES.get(algorithm, []), *args.set]
+    curve_file, settings_file = folder / "curve.jsonl", folder / "settings.json"
+    interrupted = curve_file.exists()
+    if interrupted and settings_file.exists() and read_json(settings_file, "curve settings") != settings_of(args):
+        raise SystemExit(f"{folder} holds an interrupted curve made with other settings: give another --out, "
+                         f"or delete it to rerun {algorithm}")
     trainer = Trainer(f"{algorithm}_shapes", overrides=overrides, run_dir=folder / "run")
     folder.mkdir(parents=True, exist_ok=True)
-    curve_file = folder / "curve.jsonl"
-    if curve_file.exists():  # an interrupted run's curve: its training state is gone, so it is kept aside, not resumed
+    resumed = None
+    if interrupted and settings_file.exists() and find_latest_checkpoint(folder / "run") is not None:
+        checkpoint = trainer.resume()
+        resumed = resume_curve(curve_file, read_jsonl(curve_file, "curve"), trainer.epoch, folder)
+        print(f"[{algorithm}] resuming from {checkpoint} at {resumed[-1]['minutes']:.1f} CPU-minutes", flush=True)
+    elif interrupted:  # no training state to go on from: the curve is kept aside, and the run starts again
         kept = move_aside(curve_file)
-        print(f"[{algorithm}] an interrupted curve was kept as {kept}; training again from the start", flush=True)
+        print(f"[{algorithm}] an interrupted curve without a checkpoint was kept as {kept}; training again from the "
+              f"start", flush=True)
+    settings_file.write_text(json.dumps(settings_of(args), indent=2) + "\n")
 
     def evaluate(minutes: float, epoch: int, last: bool) -> dict:
         if epoch == 0 and start_file is not None and start_file.exists():
@@ -87,7 +101,8 @@ def run_algorithm(algorithm: str, args: argparse.Namespace, start_file: Path | N
         return point
 
     curve = train_for_minutes(trainer, args.minutes, args.every, evaluate, curve_file,
-                              log=lambda line: print(f"[{algorithm}] {line}", flush=True))
+                              log=lambda line: print(f"[{algorithm}] {line}", flush=True),
+                              checkpoint=trainer.save_checkpoint, resumed=resumed)
     trainer.close()
     result = {"algorithm": algorithm, "settings": settings_of(args), "curve": curve}
     saved.write_text(json.dumps(result, indent=2) + "\n")

@@ -254,7 +254,8 @@ def run_long_demo(
     from diffalign.config import load_config
     from diffalign.errors import OutputExistsError, known_name, model_source, number, read_json
     from diffalign.eval.compare import before_after_grid, comparison_table
-    from diffalign.eval.curves import curve_point, full_shapes_eval, minutes_to, plot_curves, train_for_minutes
+    from diffalign.eval.curves import (curve_point, full_shapes_eval, minutes_to, plot_curves, resume_curve,
+                                       train_for_minutes)
     from diffalign.pipelines import load
     from diffalign.training.trainer import Trainer, recipe_path
 
@@ -289,7 +290,7 @@ def run_long_demo(
     ends: dict[str, dict] = {}  # the whole results of the first and last evaluations, for the table
     if resume:
         checkpoint = trainer.resume()
-        curve_so_far = _set_aside_after(out, resumed, trainer.epoch)
+        curve_so_far = resume_curve(out / "curve.jsonl", resumed, trainer.epoch, out / "curve", also=[out / "after"])
         ends["before"] = read_json(out / "before" / "summary.json", "demo --long start")
         log(f"resuming from {checkpoint} at {curve_so_far[-1]['minutes']:.1f} CPU-minutes (epoch {trainer.epoch})")
 
@@ -340,28 +341,6 @@ def _resumable_long_run(out: Path, settings: dict[str, Any]) -> list[dict]:
         raise MissingPathError(f"--resume: {out} has no checkpoint yet (the run stopped before its first evaluation "
                                f"ended); start it again in another --out")
     return read_jsonl(out / "curve.jsonl", "demo --long curve")  # a line cut short by the kill: one-line error
-
-
-def _set_aside_after(out: Path, curve: list[dict], epoch: int) -> list[dict]:
-    """Keep the points up to the restored ``epoch``; the later ones (evaluated on training the checkpoint does not
-    hold) go to ``curve.interrupted.jsonl`` and their evaluation folders, and ``after``, are renamed aside."""
-    from diffalign.errors import UserError
-    from diffalign.eval.curves import move_aside
-
-    kept = [p for p in curve if p["epoch"] <= epoch]
-    if not kept or kept[-1]["epoch"] != epoch:
-        raise UserError(f"--resume: {out / 'curve.jsonl'} has no point at its newest checkpoint's epoch {epoch} "
-                        f"(files were removed?); start the run again in another --out")
-    later = [p for p in curve if p["epoch"] > epoch]
-    if later:
-        with (out / "curve.interrupted.jsonl").open("a") as f:
-            f.writelines(json.dumps(p) + "\n" for p in later)
-        (out / "curve.jsonl").write_text("".join(json.dumps(p) + "\n" for p in kept))
-    stale = [out / "after"] + [f for f in (out / "curve").glob("eval_*") if f.name[5:].isdigit() and int(f.name[5:]) > epoch]
-    for folder in stale:
-        if folder.exists():
-            move_aside(folder)
-    return kept
 
 
 def build_shapes_preference_data(adapter, folder: Path, algorithm: str, prompts: int, seed: int, progress: bool, log,

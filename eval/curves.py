@@ -10,11 +10,12 @@ import contextlib
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
-__all__ = ["curve_point", "full_shapes_eval", "minutes_to", "move_aside", "plot_curves", "train_for_minutes"]
+__all__ = ["curve_point", "full_shapes_eval", "minutes_to", "move_aside", "plot_curves", "resume_curve",
+           "train_for_minutes"]
 
 
 def full_shapes_eval(trainer, out: Path, *, steps: int | None = None, guidance_scale: float | None = None,
@@ -84,6 +85,29 @@ def move_aside(path: Path) -> Path:
     kept = next(path.with_name(f"{path.stem}.interrupted{i}{path.suffix}") for i in range(1, 10_000)
                 if not path.with_name(f"{path.stem}.interrupted{i}{path.suffix}").exists())
     return path.rename(kept)
+
+
+def resume_curve(curve_file: Path, curve: list[dict], epoch: int, eval_root: Path, also: Sequence[Path] = ()) -> list[dict]:
+    """The points of an interrupted run's curve up to ``epoch``, the epoch its newest checkpoint restored, which
+    :func:`train_for_minutes` continues from (``resumed=``). The later points, evaluated on training the checkpoint
+    does not hold, go to ``STEM.interrupted.jsonl`` beside ``curve_file``; the evaluation folders made after it
+    (``eval_root / eval_NNNNN`` by epoch, and ``also``) are moved aside, never overwritten."""
+    from diffalign.errors import UserError
+
+    kept = [p for p in curve if p["epoch"] <= epoch]
+    if not kept or kept[-1]["epoch"] != epoch:
+        raise UserError(f"{curve_file} has no point at its newest checkpoint's epoch {epoch} "
+                        f"(files were removed?); start the run again in another --out")
+    later = [p for p in curve if p["epoch"] > epoch]
+    if later:
+        with curve_file.with_name(f"{curve_file.stem}.interrupted.jsonl").open("a") as f:
+            f.writelines(json.dumps(p) + "\n" for p in later)
+        curve_file.write_text("".join(json.dumps(p) + "\n" for p in kept))
+    stale = [*also, *(f for f in eval_root.glob("eval_*") if f.name[5:].isdigit() and int(f.name[5:]) > epoch)]
+    for folder in stale:
+        if folder.exists():
+            move_aside(folder)
+    return kept
 
 
 def minutes_to(curve: list[dict], target: float) -> float | None:
