@@ -85,8 +85,10 @@ def run_algorithm(algorithm: str, args: argparse.Namespace, start_file: Path | N
         checkpoint = trainer.resume()
         resumed = resume_curve(curve_file, read_jsonl(curve_file, "curve"), trainer.epoch, folder)
         print(f"[{algorithm}] resuming from {checkpoint} at {resumed[-1]['minutes']:.1f} CPU-minutes", flush=True)
-    elif interrupted:  # no training state to go on from: the curve is kept aside, and the run starts again
+    elif interrupted:  # no training state to go on from: the curve and its evaluations are kept aside, and it starts again
         kept = move_aside(curve_file)
+        for evaluation in folder.glob("eval_*[0-9]"):
+            move_aside(evaluation)
         print(f"[{algorithm}] an interrupted curve without a checkpoint was kept as {kept}; training again from the "
               f"start", flush=True)
     settings_file.write_text(json.dumps(settings_of(args), indent=2) + "\n")
