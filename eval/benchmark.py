@@ -155,6 +155,13 @@ def load_prompt_suite(path: str | Path) -> list[PromptItem]:
     return items
 
 
+def suite_items(prompts: str | Path | Sequence[Mapping[str, Any]] | None, default: Path) -> list[PromptItem]:
+    """A suite's items: from a metadata JSONL path (``None``: the shipped ``default``) or a list of metadata dicts."""
+    if prompts is None or isinstance(prompts, (str, Path)):
+        return load_prompt_suite(prompts or default)
+    return [PromptItem(i, dict(m)) for i, m in enumerate(prompts)]
+
+
 def distinct_prompt_suite(
     sample_metadata: Callable[[random.Random, str], dict[str, Any]], tasks: Sequence[str], per_task: int, seed: int
 ) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ from diffalign.shapes import judge as shapes_judge
 from diffalign.shapes import world
 
 from .benchmark import (
-    Benchmark, PromptItem, SamplingProtocol, distinct_prompt_suite, load_prompt_suite, run_benchmark, write_prompt_suite,
+    Benchmark, PromptItem, SamplingProtocol, distinct_prompt_suite, run_benchmark, suite_items, write_prompt_suite,
 )
 
 NAME = "ShapesEval"
@@ -46,10 +46,7 @@ def shapes_judge_fn(media: torch.Tensor, items: Sequence[PromptItem]) -> list[sh
 
 def shapes_eval_benchmark(prompts: str | Path | Sequence[Mapping[str, Any]] | None = None, protocol: SamplingProtocol | None = None) -> Benchmark:
     """ShapesEval with the shipped suite (or a given JSONL path / list of metadata dicts)."""
-    if prompts is None or isinstance(prompts, (str, Path)):
-        items = load_prompt_suite(prompts or suite_path())
-    else:
-        items = [PromptItem(i, dict(m)) for i, m in enumerate(prompts)]
+    items = suite_items(prompts, suite_path())
     for item in items:  # every prompt must be inside the grammar the judge understands
         world.parse_caption(item.prompt)
     return Benchmark(NAME, VERSION, items, shapes_judge_fn, protocol or SamplingProtocol(), tasks=world.TASKS)

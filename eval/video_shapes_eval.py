@@ -24,7 +24,7 @@ from diffalign.shapes import motion
 from diffalign.shapes import video_judge
 
 from .benchmark import (
-    Benchmark, PromptItem, SamplingProtocol, distinct_prompt_suite, load_prompt_suite, run_benchmark, write_prompt_suite,
+    Benchmark, PromptItem, SamplingProtocol, distinct_prompt_suite, run_benchmark, suite_items, write_prompt_suite,
 )
 
 NAME = "VideoShapesEval"
@@ -49,10 +49,7 @@ def video_judge_fn(media: torch.Tensor, items: Sequence[PromptItem]) -> list[Any
 
 def video_shapes_eval_benchmark(prompts: str | Path | Sequence[Mapping[str, Any]] | None = None, protocol: SamplingProtocol | None = None) -> Benchmark:
     """VideoShapesEval with the shipped suite (or a given JSONL path / list of metadata dicts)."""
-    if prompts is None or isinstance(prompts, (str, Path)):
-        items = load_prompt_suite(prompts or suite_path())
-    else:
-        items = [PromptItem(i, dict(m)) for i, m in enumerate(prompts)]
+    items = suite_items(prompts, suite_path())
     # every prompt must be inside the grammar the judge understands; a suite's own task names are kept
     items = [PromptItem(item.index, {**motion.motion_metadata(item.metadata), "tag": item.tag}) if "tag" in item.metadata
              else PromptItem(item.index, motion.motion_metadata(item.metadata)) for item in items]

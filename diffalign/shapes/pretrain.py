@@ -182,6 +182,16 @@ def weighted_reconstruction(recon: torch.Tensor, x: torch.Tensor, foreground_wei
     return (weight * (error.abs() + error.pow(2))).sum() / (weight.sum() * 3)
 
 
+def autoencoder_loss(vae: torch.nn.Module, x: torch.Tensor, generator: torch.Generator, foreground_weight: float, kl_weight: float) -> torch.Tensor:
+    """Both autoencoder stages' loss on ``x`` in [-1, 1] (images or ``B×C×T×H×W`` clips): the weighted reconstruction of
+    a posterior sample plus ``kl_weight`` times the KL to N(0, I) per latent element."""
+    posterior = vae.encode(x).latent_dist
+    noise = torch.randn(posterior.mean.shape, generator=generator).to(x.device)
+    recon = vae.decode(posterior.mean + posterior.std * noise).sample
+    kl = posterior.kl().mean() / posterior.mean[0].numel()
+    return weighted_reconstruction(recon, x, foreground_weight) + kl_weight * kl
+
+
 class AutoencoderStage(Stage):
     name = "autoencoder"
 
@@ -203,14 +213,7 @@ class AutoencoderStage(Stage):
         return _as_float(self.images[index], self.device)
 
     def loss_on(self, images, generator):
-        vae = self.modules["vae"]
-        x = images * 2 - 1
-        posterior = vae.encode(x).latent_dist
-        noise = torch.randn(posterior.mean.shape, generator=generator).to(self.device)
-        z = posterior.mean + posterior.std * noise
-        recon = vae.decode(z).sample
-        kl = posterior.kl().mean() / z[0].numel()
-        return weighted_reconstruction(recon, x, self.config.foreground_weight) + self.config.kl_weight * kl
+        return autoencoder_loss(self.modules["vae"], images * 2 - 1, generator, self.config.foreground_weight, self.config.kl_weight)
 
     @torch.no_grad()
     def export(self):

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from . import motion
 from . import video_model as V
 from .models import folder_size, save_pipeline_folder
-from .pretrain import PretrainStopped, Stage, _check_config, _interrupt_on_sigterm, _seed_for, train_stage, weighted_reconstruction
+from .pretrain import PretrainStopped, Stage, _check_config, _interrupt_on_sigterm, _seed_for, autoencoder_loss, train_stage
 
 _STAGES = ("video_autoencoder", "video")
 
@@ -129,12 +129,7 @@ class VideoAutoencoderStage(Stage):
         return _to_vae(self.clips[index], self.device)
 
     def loss_on(self, x, generator):
-        vae = self.modules["vae"]
-        posterior = vae.encode(x).latent_dist
-        noise = torch.randn(posterior.mean.shape, generator=generator).to(self.device)
-        recon = vae.decode(posterior.mean + posterior.std * noise).sample
-        kl = posterior.kl().mean() / posterior.mean[0].numel()
-        return weighted_reconstruction(recon, x, self.config.foreground_weight) + self.config.kl_weight * kl
+        return autoencoder_loss(self.modules["vae"], x, generator, self.config.foreground_weight, self.config.kl_weight)
 
     @torch.no_grad()
     def export(self):
