@@ -172,6 +172,21 @@ def scorer_factory_weights(name: str, factory: Any, options: Mapping[str, Any]) 
 
 
 # ------------------------------------------------------------------------------------------ files
+def read_text(path: str | Path, what: str = "text file", *, error: type[UserError] = UserError) -> str:
+    """The UTF-8 text of a file; ``error`` (a :class:`UserError`) naming it if it is missing, a folder or not UTF-8."""
+    path = Path(path)
+    if not path.exists():
+        raise error(f"{what} {path} does not exist")
+    if not path.is_file():
+        raise error(f"{what} {path} is a folder, not a file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise error(f"{path}: not UTF-8 text ({what}): {err.reason} at byte {err.start}") from None
+    except OSError as err:
+        raise error(f"{what} {path} cannot be read: {err.strerror or err}") from None
+
+
 def read_toml(path: str | Path, what: str = "TOML file") -> dict[str, Any]:
     """The parsed TOML file; :class:`UserError` naming the file and the position if it does not parse."""
     path = existing_path(path, what, kind="file")

@@ -39,13 +39,13 @@ def run_info(path: str | Path) -> RunInfo:
     problem = ""
     try:
         config = tomllib.loads((path / "config.toml").read_text())
-    except (OSError, tomllib.TOMLDecodeError) as err:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         config, problem = {}, f"config.toml unreadable ({err})"
     run, model = config.get("run", {}), config.get("model", {})
     epochs_done, held, held_epoch = 0, None, None
     metrics = path / "metrics.jsonl"
     if metrics.is_file():
-        for line in metrics.read_text().splitlines():
+        for line in metrics.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:

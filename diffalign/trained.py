@@ -36,7 +36,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from diffalign.errors import UserError, read_json
+from diffalign.errors import UserError, read_json, read_text
 
 from diffalign.registry import Registry
 
@@ -86,7 +86,7 @@ def _read_run_config(run: Path) -> dict[str, Any]:
     if not path.is_file():
         raise TrainedModelError(f"{run}: not a run folder (no config.toml; `diffalign train` writes one)")
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(read_text(path, "run config", error=TrainedModelError))
     except tomllib.TOMLDecodeError as err:
         raise TrainedModelError(f"{path}: not valid TOML ({err})") from None
 
@@ -590,7 +590,7 @@ def _is_shipped(recipe: Path) -> bool:
 def _heldout_rows(run_dir: Path | None, history: Sequence[Mapping[str, Any]] | None) -> list[Mapping[str, Any]]:
     rows: list[Mapping[str, Any]] = list(history or [])
     if not rows and run_dir is not None and (run_dir / "metrics.jsonl").is_file():
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:

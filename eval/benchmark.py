@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import torch
 
-from diffalign.errors import MAX_STEPS, UserError, number
+from diffalign.errors import MAX_STEPS, UserError, number, read_text
 from diffalign.media import MediaError, check_media, load_image, load_video, save_frame_strip, save_grid, save_image, save_video
 
 logger = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def load_prompt_suite(path: str | Path) -> list[PromptItem]:
     if not path.exists():
         raise BenchmarkError(f"{path}: prompt suite not found")
     items = []
-    for line_number, line in enumerate(path.read_text().splitlines(), 1):
+    for line_number, line in enumerate(read_text(path, "prompt suite", error=BenchmarkError).splitlines(), 1):
         if not line.strip():
             continue
         try:

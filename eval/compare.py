@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from diffalign.errors import read_jsonl
+
 __all__ = ["Comparison", "before_after_grid", "comparison_rows", "comparison_table", "evaluate_before_after", "write_comparison"]
 
 
@@ -62,10 +64,7 @@ def _first_samples_by_task(run: Path) -> dict[str, list[dict[str, Any]]]:
     """Sample 0 of every prompt of a benchmark folder, grouped by task, in suite order: its
     ``results.jsonl`` row with ``file`` (the saved image or video) added."""
     rows: dict[str, list[dict[str, Any]]] = {}
-    for line in (run / "results.jsonl").read_text().splitlines():
-        if not line.strip():
-            continue
-        row = json.loads(line)
+    for row in read_jsonl(run / "results.jsonl", "benchmark results"):
         if row["sample_index"] == 0 and (run / row["filename"]).is_file():
             rows.setdefault(row["tag"], []).append({**row, "file": run / row["filename"]})
     return rows

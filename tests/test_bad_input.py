@@ -47,6 +47,10 @@ def work(tmp_path, monkeypatch):
     (tmp_path / "long" / "curve.jsonl").write_text("")
     (tmp_path / "cut_run" / "checkpoints" / "epoch_000002").mkdir(parents=True)
     (tmp_path / "cut_run" / "checkpoints" / "epoch_000002" / "trainer_state.json").write_text('{"epoch": 2, "glo')
+    # files that are not UTF-8 text (a binary saved under the expected name)
+    (tmp_path / "binary.jsonl").write_bytes(b"\xa5\x00\xff prompts")
+    (tmp_path / "binary_run").mkdir()
+    (tmp_path / "binary_run" / "config.toml").write_bytes(b"\xa5\x00\xff [run]")
     from PIL import Image
 
     Image.new("RGB", (8, 8), "red").save(tmp_path / "red.png")
@@ -89,6 +93,7 @@ CASES = [
     ([*SAMPLE, "--model", "/nonexistent/folder"], "/nonexistent/folder"),
     ([*SAMPLE, "--model", NOT_CACHED], f"{NOT_CACHED!r} is not in the local Hugging Face cache"),
     ([*SAMPLE, "--model", "broken_model"], "broken_model/model_index.json: not valid JSON"),
+    ([*SAMPLE, "--run", "binary_run"], "binary_run/config.toml: not UTF-8 text (run config)"),
     (["sample", "--out", "nomedia"], "--out nomedia is a folder"),
     # score
     (["score", "nomedia", "--scorer", "jpeg_compressibility", "--out", "s.jsonl"], "no image or video files in nomedia"),
@@ -106,6 +111,10 @@ CASES = [
     ([*EVAL, "--images-per-prompt", "0"], "--images-per-prompt must be an integer >= 1, got 0"),
     ([*EVAL, "--subset", "0"], "--max-prompts-per-task must be an integer >= 1, got 0"),
     ([*EVAL, "--prompts", "missing.jsonl"], "missing.jsonl does not exist"),
+    ([*EVAL, "--prompts", "binary.jsonl"], "binary.jsonl: not UTF-8 text (prompt suite)"),
+    (["eval", "shapes-video", "--model", "oracle", "--prompts", "binary.jsonl", "--out", "evalrun"], "binary.jsonl: not UTF-8 text"),
+    (["eval", "vbench", "--model", "shapes-video", "--vbench-prompts", "binary.jsonl", "--out", "evalrun"],
+     "binary.jsonl: not UTF-8 text (VBench prompt file)"),
     (["eval", "shapes", "--model", "/nonexistent/folder", "--out", "evalrun"], "/nonexistent/folder"),
     (["eval", "geneval", "--images", "missing_images", "--out", "evalrun"], "missing_images: no such folder of GenEval images"),
     (["eval", "geneval", "--model", "shapes-sd", "--steps", "0", "--out", "evalrun"], "--steps must be an integer >= 1"),

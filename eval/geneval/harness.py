@@ -32,6 +32,7 @@ import torch
 from PIL import Image, ImageOps
 
 from diffalign.assets_path import asset_path
+from diffalign.errors import read_text
 from diffalign.eval.benchmark import (
     Benchmark, BenchmarkError, PromptItem, SamplingProtocol, load_prompt_suite, media_of, read_results, summarize,
 )
@@ -124,7 +125,7 @@ def read_image_folder(images_dir: str | Path) -> list[PromptFolder]:
         metadata_file = folder / "metadata.jsonl"
         if not metadata_file.exists():
             raise BenchmarkError(f"{metadata_file}: missing (each prompt folder needs its metadata row)")
-        lines = [line for line in metadata_file.read_text().splitlines() if line.strip()]
+        lines = [line for line in read_text(metadata_file, "GenEval metadata", error=BenchmarkError).splitlines() if line.strip()]
         try:
             metadata = json.loads(lines[0]) if lines else None
             check_metadata(metadata)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from diffalign.assets_path import asset_path
-from diffalign.errors import UserError
+from diffalign.errors import UserError, read_text
 
 VIDEOS_PER_PROMPT = 5
 VIDEO_SUFFIX = ".mp4"
@@ -44,7 +44,7 @@ def load_suite(path: str | Path | None = None) -> list[VBenchPrompt]:
     if not path.is_file():
         raise VBenchError(f"{path}: VBench prompt file not found")
     try:
-        entries = json.loads(path.read_text())
+        entries = json.loads(read_text(path, "VBench prompt file", error=VBenchError))
     except json.JSONDecodeError as err:
         raise VBenchError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(entries, list) or not entries:
