@@ -17,10 +17,10 @@ from diffalign.errors import read_json
 
 def read_prompts(path: str | Path) -> list[str]:
     """One prompt per line; blank lines are skipped and reported, a file with no prompt is an error."""
-    from diffalign.errors import UserError, existing_path
+    from diffalign.errors import UserError, existing_path, read_text
 
     path = existing_path(path, "prompt file", kind="file")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_text(path, "prompt file").splitlines()
     prompts = [line.strip() for line in lines if line.strip()]
     skipped = len(lines) - len(prompts)
     if skipped:

@@ -38,7 +38,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-from diffalign.errors import UserError, existing_path, number, read_csv, read_jsonl, scorer_spec
+from diffalign.errors import UserError, existing_path, number, read_csv, read_jsonl, read_text, scorer_spec
 from diffalign.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, MediaError, even_frames, expand_paths, load_image, load_video
 from diffalign.scorers.base import Scorer, load
 
@@ -164,7 +164,7 @@ class PromptTable:
         if prompt is None:
             sidecar = file.with_suffix(".txt")
             if sidecar != file and sidecar.is_file():
-                prompt = sidecar.read_text(encoding="utf-8").strip()
+                prompt = read_text(sidecar, "prompt sidecar").strip()
         return prompt
 
 
@@ -402,6 +402,8 @@ def score_files(
     if not found.files:
         raise UserError(f"no image or video files in {', '.join(map(str, paths))}"
                         + (f" (skipped {len(found.skipped)} other file(s))" if found.skipped else ""))
+    for file in found.files:  # a prompt sidecar that cannot be read fails here, before any scorer loads
+        table.get(file)
     columns = resolve_scorers(scorers, scorer_options)
     if device is not None:
         for scorer in columns.values():

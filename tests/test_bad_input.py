@@ -49,11 +49,14 @@ def work(tmp_path, monkeypatch):
     (tmp_path / "cut_run" / "checkpoints" / "epoch_000002" / "trainer_state.json").write_text('{"epoch": 2, "glo')
     # files that are not UTF-8 text (a binary saved under the expected name)
     (tmp_path / "binary.jsonl").write_bytes(b"\xa5\x00\xff prompts")
+    (tmp_path / "binary.txt").write_bytes(b"\xa5\x00\xff prompts")
     (tmp_path / "binary_run").mkdir()
     (tmp_path / "binary_run" / "config.toml").write_bytes(b"\xa5\x00\xff [run]")
     from PIL import Image
 
     Image.new("RGB", (8, 8), "red").save(tmp_path / "red.png")
+    Image.new("RGB", (8, 8), "blue").save(tmp_path / "blue.png")
+    (tmp_path / "blue.txt").write_bytes(b"\xa5 a blue square")  # its prompt sidecar, not UTF-8
     return tmp_path
 
 
@@ -77,6 +80,7 @@ CASES = [
     ([*TRAIN, "--set", "sampling.guidance_scale=inf"], "sampling.guidance_scale = inf"),
     ([*TRAIN, "--set", "run.epochs=-3"], "run.epochs must be positive, got -3"),
     ([*TRAIN, "--set", "prompts.train=missing.txt"], "missing.txt"),
+    ([*TRAIN, "--set", "prompts.train=binary.txt"], "binary.txt: not UTF-8 text (prompt file)"),
     ([*TRAIN, "--set", "nosuchsection.key=1"], "nosuchsection"),
     (["train", "nosuch_recipe"], "'nosuch_recipe'"),
     (["train", "bad.toml"], "bad.toml: not valid TOML"),
@@ -94,6 +98,7 @@ CASES = [
     ([*SAMPLE, "--model", NOT_CACHED], f"{NOT_CACHED!r} is not in the local Hugging Face cache"),
     ([*SAMPLE, "--model", "broken_model"], "broken_model/model_index.json: not valid JSON"),
     ([*SAMPLE, "--run", "binary_run"], "binary_run/config.toml: not UTF-8 text (run config)"),
+    (["sample", "--prompts", "binary.txt", "--out", "grid.png"], "binary.txt: not UTF-8 text (prompt file)"),
     (["sample", "--out", "nomedia"], "--out nomedia is a folder"),
     # score
     (["score", "nomedia", "--scorer", "jpeg_compressibility", "--out", "s.jsonl"], "no image or video files in nomedia"),
@@ -105,6 +110,7 @@ CASES = [
     (["score", "red.png", "--scorer", "jpeg_compressibility", "--out", "x.xlsx"], "x.xlsx"),
     ([*SCORE, "--scorer", "jpeg_compressibility", "--set", "oops"], "--set 'oops': expected COLUMN.KEY=VALUE"),
     (["score", "missing.png", "--scorer", "jpeg_compressibility", "--out", "scores.csv"], "missing.png"),
+    (["score", "blue.png", "--scorer", "shapes", "--out", "blue_scores.jsonl"], "blue.txt: not UTF-8 text (prompt sidecar)"),
     # eval
     ([*EVAL, "--steps", "0"], "--steps must be an integer >= 1 and <= 10000, got 0"),
     ([*EVAL, "--guidance-scale", "nan"], "--guidance-scale must be a finite number, got nan"),

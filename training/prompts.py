@@ -17,7 +17,7 @@ import random
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from diffalign.errors import MissingPathError, UnknownNameError, UserError, read_jsonl
+from diffalign.errors import MissingPathError, UnknownNameError, UserError, read_jsonl, read_text
 from diffalign.registry import Registry
 
 __all__ = ["GroupPromptSampler", "PROMPT_SOURCES", "PromptSource", "derive_seed", "prompt_source"]
@@ -129,7 +129,7 @@ def _read_file(path: Path) -> list[str]:
                 raise UserError(f"{path}: row {number} has no 'prompt' text (a JSONL prompt file needs one per row)")
             prompts.append(row["prompt"])
         return prompts
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [line.strip() for line in read_text(path, "prompt file").splitlines() if line.strip()]
 
 
 def prompt_source(spec: str = "", items: Sequence[str] = (), options: dict[str, Any] | None = None) -> PromptSource:

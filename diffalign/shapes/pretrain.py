@@ -49,6 +49,8 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from diffalign.errors import read_json
+
 from . import models as M
 from . import world
 
@@ -399,7 +401,7 @@ def _check_config(config: PretrainConfig, resume: bool) -> None:
     path = out / CONFIG_FILE
     current = json.loads(json.dumps(config.as_dict()))  # tuples -> lists, as read back
     if path.exists():
-        previous = json.loads(path.read_text())
+        previous = read_json(path, "the pretraining run's settings")
         changed = sorted(k for k in set(previous) | set(current) if k not in _RESUMABLE_CHANGES and previous.get(k) != current.get(k))
         if not resume:
             raise FileExistsError(f"{out} already holds a pretraining run: pass --resume to continue it, or choose a new --out")

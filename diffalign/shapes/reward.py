@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffalign.errors import UserError
+from diffalign.errors import UserError, read_json
 
 from . import world
 
@@ -197,10 +197,7 @@ class ShapesRewardModel(nn.Module):
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             if not (folder / name).is_file():
                 raise UserError(f"{folder} is not a shapes-reward model folder: {name} is missing")
-        try:
-            values = json.loads((folder / CONFIG_FILE).read_text())
-        except json.JSONDecodeError as err:
-            raise UserError(f"{folder / CONFIG_FILE}: not valid JSON: {err.msg}") from None
+        values = read_json(folder / CONFIG_FILE, "shapes-reward config")
         if values.get("model_type") != SHIPPED_NAME:
             raise UserError(f"{folder / CONFIG_FILE}: model_type is {values.get('model_type')!r}, expected {SHIPPED_NAME!r}")
         model = cls(RewardModelConfig.from_dict(values))

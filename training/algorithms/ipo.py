@@ -55,6 +55,7 @@ from typing import Any, Literal, Protocol
 import torch
 
 from diffalign.config import ConfigError, register_section
+from diffalign.errors import read_json
 
 from .base import ALGORITHMS, Algorithm, register_algorithm
 from .real_data import RealDataLoss
@@ -264,7 +265,7 @@ class IPO(Algorithm):
         path = folder / "metrics.json"
         stats = {**stats, "tries": 1}
         if path.exists():
-            before = json.loads(path.read_text())
+            before = read_json(path, "the round's metrics")
             for key in ("critic_calls", "sampling_seconds", "labelling_seconds"):
                 stats[key] = stats.get(key, 0) + before.get(key, 0)
             stats["sampled"] = stats["sampled"] or before.get("sampled", False)
@@ -282,7 +283,7 @@ class IPO(Algorithm):
         c = self.cfg
         path, meta = folder / "candidates.safetensors", folder / "candidates.json"
         expected = {"round": round_index, "prompts": prompts, "videos_per_prompt": c.videos_per_prompt}
-        if path.exists() and meta.exists() and json.loads(meta.read_text()) == expected:
+        if path.exists() and meta.exists() and read_json(meta, "the round's candidate list") == expected:
             latents = load_file(str(path))["latents"]
             return latents, self._decode_each(latents), False
         items = [(i, k) for i in range(len(prompts)) for k in range(c.videos_per_prompt)]
